@@ -1,0 +1,53 @@
+"""Entry point run inside a private mount namespace (`unshare --mount`) for one container.
+
+It bind-mounts each volume at its container path (so the process sees `/etc/vlm-trainer/...`
+exactly as in a real pod), the termination-message file and /etc/hosts, then `exec`s the
+container's argv in its working directory with its environment. Because `unshare` without
+`--fork` and this script both exec in place, the container keeps the PID the runner started:
+SIGTERM/SIGKILL from the runner reach it directly.
+
+Argument: the path of a JSON file {"argv", "env", "cwd", "mounts": [{source,target,read_only}]}.
+Assumes root (mount namespaces); missing mount points are created on the host's filesystem as
+empty folders/files, which is harmless outside the namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _bind(source: str, target: str, read_only: bool) -> None:
+    t = Path(target)
+    if Path(source).is_dir():
+        t.mkdir(parents=True, exist_ok=True)
+    else:
+        t.parent.mkdir(parents=True, exist_ok=True)
+        if not t.exists():
+            t.touch()
+    subprocess.run(["mount", "--bind", source, target], check=True)
+    if read_only:
+        subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True)
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    # Mounts made in this namespace must not leak to the host (some hosts default to shared).
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    for m in spec["mounts"]:
+        _bind(m["source"], m["target"], m["read_only"])
+    cwd = spec.get("cwd") or "/"
+    Path(cwd).mkdir(parents=True, exist_ok=True)
+    os.chdir(cwd)
+    try:
+        os.execvpe(spec["argv"][0], spec["argv"], spec["env"])
+    except OSError as e:  # what a runtime reports as "executable file not found"
+        print(f"exec {spec['argv'][0]!r}: {e}", file=sys.stderr)
+        sys.exit(127)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Shared pytest fixtures: one local control plane (with the pod runner) per test session.
+
+The cluster starts lazily, only when a test asks for `cluster`, so `pytest -m unit` never builds
+or starts Kubernetes. `USE_EXISTING_CLUSTER=true` uses the cluster in `$KUBECONFIG` instead.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.local import LocalCluster
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    if os.environ.get("USE_EXISTING_CLUSTER", "").lower() == "true":
+        yield LocalCluster.existing()
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="vlm-cluster-"))
+    c = LocalCluster.start(workdir)
+    try:
+        yield c
+    finally:
+        c.stop()
+        if os.environ.get("KEEP_CLUSTER_DIR") != "1":
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster) -> Iterator[str]:
+    """A fresh namespace for one test, deleted (without waiting) afterwards."""
+    name = f"t-{secrets.token_hex(4)}"
+    cluster.kubectl("create", "namespace", name)
+    # Pods are refused until the ServiceAccount controller has made `default`.
+    deadline = time.monotonic() + 30
+    while cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode:
+        assert time.monotonic() < deadline, f"no default ServiceAccount in {name} after 30s"
+        time.sleep(0.2)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
