@@ -1,0 +1,573 @@
+"""TrainerJob (namespaced): one SFT, DPO or RL training run on a TrainingShape.
+
+Supported: the three modes; a JSONL dataset (OpenAI chat format: ``{"messages": ...}`` for SFT
+and RL prompts, ``{"chosen": ..., "rejected": ...}`` for DPO) on a PVC or a local path; an
+optional eval dataset; hyperparameters with the trainer's names in camelCase; periodic
+checkpoints; promotion of the final checkpoint; suspend/resume, Kueue and the usual batch/v1 Job
+knobs; pod additions.
+
+Immutable after creation (CEL ``self == oldSelf``): everything that shapes the pods (shape,
+mode, datasets, hyperparameters, checkpointing, podOverrides, queueName). Mutable: ``suspend``,
+``backoffLimit``, ``activeDeadlineSeconds``, ``ttlSecondsAfterFinished``, and ``promote``, which
+may be added later (to promote a finished job) but not changed or removed once set.
+
+Checked by the operator, not CEL (they need the shape): loraRank <= maxLoraRank, full
+fine-tuning allowed, mode in the shape's modes, maxSeqLen <= maxContext.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from vlm_operator.api.base import (
+    AGE_COLUMN,
+    ApiModel,
+    KindInfo,
+    PrinterColumn,
+    Resource,
+    Rule,
+    StatusModel,
+    cel,
+    immutable,
+    presence_fixed,
+)
+from vlm_operator.api.common import (
+    DNS_LABEL,
+    FileURI,
+    LocationURI,
+    Mode,
+    ModelName,
+    ObjectName,
+)
+from vlm_operator.api.conditions import Conditions
+from vlm_operator.api.pod import PodOverrides
+
+#: TrainerJob names become the names of the Job, Service, ServiceAccount and pods derived from
+#: them (a Service name is a DNS-1035 label: it starts with a letter); 52 leaves room for a
+#: suffix within Kubernetes' 63-character limit, as for CronJobs.
+JOB_NAME_MAX = 52
+JOB_NAME_RE = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+_JOB_NAME_MSG = (
+    f"TrainerJob names must be at most {JOB_NAME_MAX} characters of lowercase letters, digits "
+    "and '-', starting with a letter and ending with a letter or digit (the Job, Service and "
+    "pods are named after it)"
+)
+
+# --- spec parts ---------------------------------------------------------------------------------
+
+
+class DatasetFormat(StrEnum):
+    """How dataset lines are encoded; only JSONL in the OpenAI chat format so far."""
+
+    JSONL = "jsonl"
+
+
+class Dataset(ApiModel):
+    """A dataset file."""
+
+    uri: FileURI = Field(
+        ...,
+        description="Where the file is: pvc://<claim>/<path> (a PersistentVolumeClaim in the "
+        "job's namespace) or file:///<path> (a path the pod already sees).",
+    )
+    format: DatasetFormat = Field(
+        DatasetFormat.JSONL,
+        description="jsonl: one JSON object per line in the OpenAI chat format, {messages} for "
+        "sft and rl, {chosen, rejected} for dpo; images as base64 data: URLs.",
+    )
+
+
+class DpoLossType(StrEnum):
+    """DPO loss variant."""
+
+    SIGMOID = "sigmoid"
+    IPO = "ipo"
+    HINGE = "hinge"
+
+
+class DpoSettings(ApiModel):
+    """Settings of direct preference optimisation; only with mode dpo."""
+
+    beta: float = Field(
+        0.1,
+        gt=0,
+        le=100,
+        description="Strength of the implicit KL constraint to the reference model.",
+    )
+    loss_type: DpoLossType = Field(
+        DpoLossType.SIGMOID, description="sigmoid (the original DPO loss), ipo or hinge."
+    )
+    cache_reference_logprobs: bool = Field(
+        False,
+        description="Compute the reference model's log-probabilities once in a first pass and "
+        "cache them, instead of keeping the reference in memory during training.",
+    )
+
+
+_REWARD_RE = r"^([a-z][a-z0-9_]*|[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*)$"
+
+
+class RlSettings(ApiModel):
+    """Settings of reinforcement learning (GRPO-style, PPO-clip loss); only with mode rl."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            Rule(
+                "!has(self.epsClipHigh) || self.epsClipHigh >= self.epsClip",
+                "epsClipHigh must be at least epsClip",
+                field_path=".epsClipHigh",
+            )
+        )
+    )
+
+    completions_per_prompt: int = Field(
+        8,
+        ge=2,
+        le=256,
+        description="Completions sampled per prompt (the GRPO group size); advantages are "
+        "normalised within each group.",
+    )
+    max_completion_tokens: int = Field(
+        256, ge=1, le=131_072, description="Longest completion generated in a rollout, in tokens."
+    )
+    temperature: float = Field(1.0, gt=0, le=10, description="Sampling temperature of rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus-sampling probability mass.")
+    kl_beta: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="Weight of the KL penalty to the reference model; 0 turns it off (no "
+        "reference model is loaded).",
+    )
+    eps_clip: float = Field(
+        0.2, gt=0, le=10, description="PPO clipping range below and above a ratio of 1."
+    )
+    eps_clip_high: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description="Upper clipping range when it differs from epsClip ('clip higher'); "
+        "defaults to epsClip.",
+    )
+    reward: Annotated[str, Field(min_length=1, max_length=256, pattern=_REWARD_RE)] = Field(
+        "exact_match",
+        description="Reward function: a built-in name (exact_match, regex_match, numeric_match, "
+        "format_check) or a Python function as module:function found in the trainer image.",
+    )
+
+    @model_validator(mode="after")
+    def _clip(self) -> RlSettings:
+        if self.eps_clip_high is not None and self.eps_clip_high < self.eps_clip:
+            raise ValueError("epsClipHigh must be at least epsClip")
+        return self
+
+
+class LrSchedule(StrEnum):
+    """Learning-rate decay after warmup."""
+
+    COSINE = "cosine"
+    LINEAR = "linear"
+    CONSTANT = "constant"
+
+
+class TrainOn(StrEnum):
+    """Which assistant turns carry loss."""
+
+    ALL_ASSISTANT = "all_assistant"
+    LAST_ASSISTANT = "last_assistant"
+
+
+class OnTruncation(StrEnum):
+    """What happens to a record longer than maxSeqLen whose cut would split an image."""
+
+    SKIP = "skip"
+    ERROR = "error"
+
+
+class Hyperparameters(ApiModel):
+    """Optimisation settings; names match the trainer's config keys (in camelCase)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            Rule(
+                "!has(self.loraAlpha) || self.loraRank > 0",
+                "loraAlpha is only allowed with loraRank > 0 (LoRA)",
+                field_path=".loraAlpha",
+                reason="FieldValueForbidden",
+            ),
+            Rule(
+                "!has(self.maxSteps) || self.warmupSteps <= self.maxSteps",
+                "warmupSteps must not exceed maxSteps",
+                field_path=".warmupSteps",
+            ),
+        )
+    )
+
+    learning_rate: float = Field(
+        1.0e-5,
+        gt=0,
+        le=1,
+        description="Peak learning rate (AdamW). Typical: 1e-5 for full fine-tuning, 1e-4 to "
+        "2e-4 for LoRA.",
+    )
+    lr_schedule: LrSchedule = Field(
+        LrSchedule.COSINE, description="Decay after warmup: cosine, linear or constant."
+    )
+    min_lr_ratio: float = Field(
+        0.0, ge=0, le=1, description="Final learning rate as a fraction of the peak."
+    )
+    warmup_steps: int = Field(
+        0, ge=0, le=1_000_000, description="Optimizer steps of linear warmup from 0."
+    )
+    epochs: int = Field(1, ge=1, le=1000, description="Passes over the dataset.")
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        le=100_000_000,
+        description="Stop after this many optimizer steps, even before epochs are done.",
+    )
+    batch_size: int = Field(
+        4, ge=1, le=4096, description="Sequences per forward pass on each process (micro-batch)."
+    )
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        le=4096,
+        description="Micro-batches per optimizer step; the global batch is batchSize x this x "
+        "the number of processes.",
+    )
+    max_seq_len: int | None = Field(
+        None,
+        ge=16,
+        le=1_048_576,
+        description="Longest training sequence in tokens, images included; defaults to the "
+        "shape's maxContext and may not exceed it.",
+    )
+    on_truncation: OnTruncation = Field(
+        OnTruncation.SKIP,
+        description="A record longer than maxSeqLen whose cut would split an image or drop every "
+        "assistant token: skip it (counted in the logs) or fail before training.",
+    )
+    train_on: TrainOn = Field(
+        TrainOn.ALL_ASSISTANT,
+        description="Loss on all assistant turns (all_assistant) or only the last one "
+        "(last_assistant).",
+    )
+    lora_rank: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="Rank of LoRA adapters; 0 trains every weight (full fine-tune). May not "
+        "exceed the shape's maxLoraRank.",
+    )
+    lora_alpha: int | None = Field(
+        None,
+        ge=1,
+        le=65_536,
+        description="LoRA scaling numerator (scale = loraAlpha / loraRank); the trainer's "
+        "default when unset. Only with loraRank > 0.",
+    )
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA adapters' input.")
+    weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW weight decay.")
+    grad_clip_norm: float = Field(
+        1.0, ge=0, description="Clip the global gradient norm to this; 0 disables clipping."
+    )
+    freeze_vision: bool = Field(
+        False, description="Keep the vision encoder frozen; train only the language model."
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass: much less memory for long "
+        "contexts, about a third more compute.",
+    )
+    seed: int = Field(
+        0, ge=0, le=4_294_967_295, description="Seed for data order, initialisation and sampling."
+    )
+    dpo: DpoSettings | None = Field(
+        None, description="DPO settings; only with mode dpo (defaults apply when omitted)."
+    )
+    rl: RlSettings | None = Field(
+        None, description="RL settings; only with mode rl (defaults apply when omitted)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Hyperparameters:
+        if self.lora_alpha is not None and self.lora_rank == 0:
+            raise ValueError("loraAlpha is only allowed with loraRank > 0 (LoRA)")
+        if self.max_steps is not None and self.warmup_steps > self.max_steps:
+            raise ValueError("warmupSteps must not exceed maxSteps")
+        return self
+
+
+class Checkpointing(ApiModel):
+    """When and where checkpoints are written."""
+
+    every_steps: int = Field(
+        500,
+        ge=0,
+        le=100_000_000,
+        description="Save every this many optimizer steps (each save becomes a Checkpoint "
+        "object); 0 saves only the final checkpoint. A restarted pod resumes from the latest.",
+    )
+    keep_last: int = Field(
+        3,
+        ge=0,
+        le=1000,
+        description="Periodic checkpoints kept on storage (older ones are deleted); 0 keeps "
+        "all. The final checkpoint is always kept.",
+    )
+    storage: LocationURI | None = Field(
+        None,
+        description="Folder for checkpoints, pvc://<claim>[/<path>] or file:///<path>; the "
+        "job writes to <storage>/<namespace>/<job name>/. Defaults to the operator's checkpoint "
+        "storage (Helm value storage.checkpoints).",
+    )
+
+
+class Promote(ApiModel):
+    """Publish a checkpoint as a named model (LoRA merged into the base, HF format)."""
+
+    output_model: ModelName = Field(
+        ...,
+        description="Name of the promoted model: 1-63 lowercase letters, digits and '-', "
+        "starting and ending with a letter or digit. It becomes a folder in the operator's "
+        "models location.",
+    )
+
+
+_PROMOTE_ONCE = Rule(
+    "!has(oldSelf.promote) || (has(self.promote) && self.promote == oldSelf.promote)",
+    "promote can be added after creation but not changed or removed once set",
+    field_path=".promote",
+)
+
+
+class TrainerJobSpec(ApiModel):
+    """Desired state of a TrainerJob."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            Rule(
+                "!has(self.hyperparameters.dpo) || self.mode == 'dpo'",
+                "hyperparameters.dpo is only allowed when mode is dpo",
+                field_path=".hyperparameters.dpo",
+                reason="FieldValueForbidden",
+            ),
+            Rule(
+                "!has(self.hyperparameters.rl) || self.mode == 'rl'",
+                "hyperparameters.rl is only allowed when mode is rl",
+                field_path=".hyperparameters.rl",
+                reason="FieldValueForbidden",
+            ),
+            presence_fixed("evalDataset"),
+            presence_fixed("podOverrides"),
+            presence_fixed("queueName"),
+            _PROMOTE_ONCE,
+        )
+    )
+
+    shape: ObjectName = Field(
+        ...,
+        description="Name of the TrainingShape (cluster-scoped) to run on. Immutable.",
+        json_schema_extra=cel(immutable("shape")),
+    )
+    mode: Mode = Field(
+        ...,
+        description="Training method: sft, dpo or rl. Immutable.",
+        json_schema_extra=cel(immutable("mode")),
+    )
+    dataset: Dataset = Field(
+        ...,
+        description="Training data. Immutable.",
+        json_schema_extra=cel(immutable("dataset")),
+    )
+    eval_dataset: Dataset | None = Field(
+        None,
+        description="Held-out data evaluated at every checkpoint (same format). Immutable.",
+        json_schema_extra=cel(immutable("evalDataset")),
+    )
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters,
+        description="Optimisation settings; every field has a default. Immutable.",
+        json_schema_extra=cel(immutable("hyperparameters"), default={}),
+    )
+    checkpointing: Checkpointing = Field(
+        default_factory=Checkpointing,
+        description="When and where checkpoints are saved. Immutable.",
+        json_schema_extra=cel(immutable("checkpointing"), default={}),
+    )
+    promote: Promote | None = Field(
+        None,
+        description="Promote the final checkpoint to a named model when the job succeeds. May "
+        "be added after the job finished; cannot be changed or removed once set.",
+    )
+    suspend: bool = Field(
+        False,
+        description="Stop the trainer pods (true) or let them run (false); training resumes "
+        "from the latest checkpoint.",
+    )
+    queue_name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)] | None = (
+        Field(
+            None,
+            description="Kueue LocalQueue to submit to: the Job gets the kueue.x-k8s.io/"
+            "queue-name label and starts suspended until Kueue admits it. Immutable.",
+            json_schema_extra=cel(immutable("queueName")),
+        )
+    )
+    backoff_limit: int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="Retries of a failed trainer pod before the job fails; each retry resumes "
+        "from the latest checkpoint.",
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Fail the job after it has run this many seconds."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None,
+        ge=0,
+        description="Delete the batch/v1 Job and its pods this long after the job finished "
+        "(the TrainerJob and its Checkpoints stay).",
+    )
+    pod_overrides: PodOverrides | None = Field(
+        None,
+        description="Environment, volumes and placement added to the trainer pods. Immutable.",
+        json_schema_extra=cel(immutable("podOverrides")),
+    )
+
+    @model_validator(mode="after")
+    def _mode_settings(self) -> TrainerJobSpec:
+        if self.hyperparameters.dpo is not None and self.mode != Mode.DPO:
+            raise ValueError("hyperparameters.dpo is only allowed when mode is dpo")
+        if self.hyperparameters.rl is not None and self.mode != Mode.RL:
+            raise ValueError("hyperparameters.rl is only allowed when mode is rl")
+        return self
+
+    def dpo_settings(self) -> DpoSettings:
+        """The DPO settings with defaults filled in (the field may be omitted)."""
+        return self.hyperparameters.dpo or DpoSettings()
+
+    def rl_settings(self) -> RlSettings:
+        """The RL settings with defaults filled in (the field may be omitted)."""
+        return self.hyperparameters.rl or RlSettings()
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+class JobPhase(StrEnum):
+    """Summary of where a TrainerJob is; the conditions carry the details."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class Progress(StatusModel):
+    """Training progress, reported by the trainer (rate-limited)."""
+
+    step: int | None = Field(None, ge=0, description="Optimizer steps done.")
+    total_steps: int | None = Field(None, ge=0, description="Optimizer steps planned.")
+    percent: int | None = Field(None, ge=0, le=100, description="step / totalSteps in percent.")
+    epoch: float | None = Field(None, ge=0, description="Epochs done, fractional.")
+    loss: float | None = Field(None, description="Training loss of the latest step.")
+    tokens_per_second: float | None = Field(
+        None, ge=0, description="Training throughput over the latest steps, all processes."
+    )
+    eta_seconds: int | None = Field(None, ge=0, description="Estimated seconds to completion.")
+    updated_at: datetime | None = Field(None, description="When the trainer last reported.")
+
+
+class TrainerJobStatus(StatusModel):
+    """Observed state of a TrainerJob, written by the operator and the trainer."""
+
+    observed_generation: int | None = Field(
+        None, ge=0, description="metadata.generation the operator last processed."
+    )
+    phase: JobPhase | None = Field(
+        None, description="Pending, Running, Suspended, Succeeded or Failed."
+    )
+    conditions: Conditions | None = Field(
+        None,
+        description="Admitted, Running, Succeeded, Failed and Suspended, each with a reason.",
+    )
+    start_time: datetime | None = Field(None, description="When the first trainer pod started.")
+    completion_time: datetime | None = Field(None, description="When the job succeeded or failed.")
+    shape_version: str | None = Field(
+        None,
+        max_length=64,
+        description="status.version of the TrainingShape pinned when the job was admitted.",
+    )
+    progress: Progress | None = Field(None, description="Latest progress report of the trainer.")
+    latest_checkpoint: str | None = Field(
+        None, max_length=253, description="Name of the newest Checkpoint object of this job."
+    )
+    attempts: int | None = Field(
+        None, ge=0, description="Trainer pods started so far (1 + retries)."
+    )
+
+
+class TrainerJob(Resource):
+    """A fine-tuning run (SFT, DPO or RL) of a vision-language model on a TrainingShape.
+
+    The operator turns it into a batch/v1 Job running the trainer; every saved snapshot becomes
+    a Checkpoint."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            Rule(
+                f"self.metadata.name.size() <= {JOB_NAME_MAX} && "
+                f"self.metadata.name.matches('{JOB_NAME_RE}')",
+                _JOB_NAME_MSG,
+                field_path=".metadata.name",
+            )
+        )
+    )
+    KIND = KindInfo(
+        kind="TrainerJob",
+        plural="trainerjobs",
+        short_names=("tj",),
+        scope="Namespaced",
+        printer_columns=(
+            PrinterColumn("Phase", "string", ".status.phase", "Where the job is."),
+            PrinterColumn("Mode", "string", ".spec.mode", "sft, dpo or rl."),
+            PrinterColumn("Shape", "string", ".spec.shape", "TrainingShape it runs on."),
+            PrinterColumn(
+                "Progress", "integer", ".status.progress.percent", "Percent of steps done."
+            ),
+            PrinterColumn(
+                "Checkpoint",
+                "string",
+                ".status.latestCheckpoint",
+                "Newest Checkpoint object.",
+            ),
+            PrinterColumn(
+                "Step", "integer", ".status.progress.step", "Optimizer steps done.", priority=1
+            ),
+            PrinterColumn(
+                "Loss", "number", ".status.progress.loss", "Latest training loss.", priority=1
+            ),
+            AGE_COLUMN,
+        ),
+    )
+
+    kind: Literal["TrainerJob"] = "TrainerJob"
+    spec: TrainerJobSpec = Field(..., description="What to train, on what, and how.")
+    status: TrainerJobStatus | None = Field(
+        None, description="Observed state, written by the operator and the trainer."
+    )
+
+    @model_validator(mode="after")
+    def _name(self) -> TrainerJob:
+        name = self.metadata.name
+        if name is not None and (len(name) > JOB_NAME_MAX or not re.match(JOB_NAME_RE, name)):
+            raise ValueError(_JOB_NAME_MSG)
+        return self

@@ -1,0 +1,224 @@
+"""TrainingShape (cluster-scoped): a hardware and model profile that admins publish.
+
+A shape says what a TrainerJob runs on: base model and processor, context length, GPUs per node
+and nodes, the trainer image, CPU/memory, node placement, numeric precision, and the limits jobs
+must respect (LoRA rank, full fine-tuning, allowed modes). The spec may change; the operator
+hashes it into ``status.version`` and every job pins the version it started with.
+
+What CEL checks here: ranges, formats, that ``resources`` does not also request the GPU
+resource. What it cannot (a job against its shape) is the operator's job.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from vlm_operator.api.base import (
+    AGE_COLUMN,
+    ApiModel,
+    KindInfo,
+    PrinterColumn,
+    Resource,
+    Rule,
+    StatusModel,
+    cel,
+)
+from vlm_operator.api.common import (
+    RESOURCE_NAME_RE,
+    Mode,
+    ModelRef,
+    NodeSelector,
+    Quantity,
+    ResourceRequirements,
+    Tolerations,
+)
+from vlm_operator.api.conditions import Conditions
+
+
+class Precision(StrEnum):
+    """Numeric precision of training: auto = bf16 on GPUs, fp32 on CPU."""
+
+    AUTO = "auto"
+    BF16 = "bf16"
+    FP32 = "fp32"
+
+
+class PullPolicy(StrEnum):
+    """When the kubelet pulls the trainer image."""
+
+    ALWAYS = "Always"
+    IF_NOT_PRESENT = "IfNotPresent"
+    NEVER = "Never"
+
+
+_GPU_NOT_IN_RESOURCES = (
+    "resources must not set the GPU resource (gpuResource); GPUs come from gpusPerNode"
+)
+
+
+class TrainingShapeSpec(ApiModel):
+    """Desired state of a TrainingShape."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            Rule(
+                "!has(self.resources) || ((!has(self.resources.requests) || "
+                "!(self.gpuResource in self.resources.requests)) && "
+                "(!has(self.resources.limits) || !(self.gpuResource in self.resources.limits)))",
+                _GPU_NOT_IN_RESOURCES,
+                field_path=".resources",
+                reason="FieldValueForbidden",
+            )
+        )
+    )
+
+    base_model: ModelRef = Field(
+        ...,
+        description="Model to fine-tune: a Hugging Face id such as Qwen/Qwen3-VL-8B-Instruct "
+        "(downloaded by the trainer, or found in its cache), or a folder in HF format as "
+        "pvc://<claim>/<path> or file:///<path>.",
+    )
+    processor: ModelRef | None = Field(
+        None,
+        description="Processor/tokenizer to use, in the same forms as baseModel; defaults to "
+        "baseModel.",
+    )
+    max_context: int = Field(
+        ...,
+        ge=16,
+        le=1_048_576,
+        description="Longest sequence in tokens (text plus image tokens) this shape is sized "
+        "for; a job's hyperparameters.maxSeqLen may not exceed it.",
+    )
+    gpus_per_node: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="GPUs per trainer pod (one pod per node); 0 trains on CPU. The trainer runs "
+        "one process per GPU.",
+    )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Trainer pods per job. More than 1 makes an Indexed Job with a headless "
+        "Service for rendezvous.",
+    )
+    gpu_resource: Annotated[str, Field(max_length=253, pattern=RESOURCE_NAME_RE)] = Field(
+        "nvidia.com/gpu",
+        description="Extended resource name the GPUs are requested as.",
+    )
+    image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^\S+$")] | None = Field(
+        None,
+        description="Trainer container image; defaults to the image the operator was "
+        "installed with (Helm value trainer.image).",
+    )
+    image_pull_policy: PullPolicy | None = Field(
+        None, description="Always, IfNotPresent or Never; Kubernetes' default when unset."
+    )
+    resources: ResourceRequirements | None = Field(
+        None,
+        description="CPU, memory and ephemeral storage of each trainer pod. Do not list the "
+        "GPU resource here: it is set from gpusPerNode.",
+    )
+    shm_size: Quantity | None = Field(
+        None,
+        description="Size of the in-memory /dev/shm volume (for example 16Gi); data-loader "
+        "workers and NCCL need more than the container runtime's 64Mi default.",
+    )
+    node_selector: NodeSelector | None = Field(
+        None, description="Labels a node must have to run trainer pods of this shape."
+    )
+    tolerations: Tolerations | None = Field(
+        None, description="Taints trainer pods of this shape tolerate (for example GPU taints)."
+    )
+    precision: Precision = Field(
+        Precision.AUTO, description="auto (bf16 on GPUs, fp32 on CPU), bf16 or fp32."
+    )
+    max_lora_rank: int = Field(
+        256,
+        ge=0,
+        le=4096,
+        description="Largest hyperparameters.loraRank a job may ask for (checked by the operator).",
+    )
+    allow_full_fine_tune: bool = Field(
+        True,
+        description="Whether jobs may set loraRank 0 (train every weight); turn off when full "
+        "fine-tuning does not fit the GPUs.",
+    )
+    modes: Annotated[
+        list[Mode],
+        Field(min_length=1, max_length=3, json_schema_extra={"x-kubernetes-list-type": "set"}),
+    ] = Field(
+        default_factory=lambda: [Mode.SFT, Mode.DPO, Mode.RL],
+        description="Training modes jobs may use with this shape (sft, dpo, rl).",
+        json_schema_extra={"default": ["sft", "dpo", "rl"]},
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingShapeSpec:
+        if len(set(self.modes)) != len(self.modes):
+            raise ValueError("modes must not repeat a mode")
+        if self.resources:
+            for part in (self.resources.requests, self.resources.limits):
+                if part and self.gpu_resource in part:
+                    raise ValueError(_GPU_NOT_IN_RESOURCES)
+        return self
+
+    @property
+    def processor_ref(self) -> str:
+        return self.processor or self.base_model
+
+    @property
+    def total_gpus(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+
+class TrainingShapeStatus(StatusModel):
+    """Observed state of a TrainingShape, written by the operator."""
+
+    observed_generation: int | None = Field(
+        None, ge=0, description="metadata.generation the operator last processed."
+    )
+    version: str | None = Field(
+        None,
+        max_length=64,
+        description="Hash of the spec; TrainerJobs pin it in status.shapeVersion when they start.",
+    )
+    conditions: Conditions | None = Field(
+        None, description="Ready: the shape passed the operator's checks."
+    )
+
+
+class TrainingShape(Resource):
+    """A hardware and model profile for TrainerJobs: base model, context length, GPUs per node,
+    nodes, trainer image and limits. Cluster-scoped; published by admins."""
+
+    KIND = KindInfo(
+        kind="TrainingShape",
+        plural="trainingshapes",
+        short_names=("ts",),
+        scope="Cluster",
+        printer_columns=(
+            PrinterColumn("GPUs", "integer", ".spec.gpusPerNode", "GPUs per node."),
+            PrinterColumn("Nodes", "integer", ".spec.nodes", "Trainer pods per job."),
+            PrinterColumn("Context", "integer", ".spec.maxContext", "Maximum context in tokens."),
+            PrinterColumn("Model", "string", ".spec.baseModel", "Base model."),
+            PrinterColumn(
+                "Ready",
+                "string",
+                '.status.conditions[?(@.type=="Ready")].status',
+                "Whether the shape can be used.",
+            ),
+            AGE_COLUMN,
+        ),
+    )
+
+    kind: Literal["TrainingShape"] = "TrainingShape"
+    spec: TrainingShapeSpec = Field(..., description="The shape's hardware and model profile.")
+    status: TrainingShapeStatus | None = Field(
+        None, description="Observed state, written by the operator."
+    )
