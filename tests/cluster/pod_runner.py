@@ -383,14 +383,14 @@ class PodWorker(threading.Thread):
         threading.Thread(target=kill, daemon=True).start()
 
     def finalize_delete(self) -> None:
+        """The kubelet's last word on a deleted pod: remove it now (uid-guarded)."""
         meta = self.pod["metadata"]
-        with contextlib.suppress(ApiException):
-            self.runner.api.core.delete_namespaced_pod(
-                meta["name"],
-                meta["namespace"],
-                grace_period_seconds=0,
-                body={"preconditions": {"uid": meta["uid"]}},
-            )
+        body = {"gracePeriodSeconds": 0, "preconditions": {"uid": meta["uid"]}}
+        try:
+            self.runner.api.core.delete_namespaced_pod(meta["name"], meta["namespace"], body=body)
+        except ApiException as e:
+            if e.status not in (404, 409):
+                log.warning("pod %s: final delete failed: %s", self.key, e)
 
 
 class PodRunner:
@@ -520,7 +520,7 @@ class PodRunner:
             "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now_micro()},
         }
         try:
-            self.api.coord.replace_namespaced_lease(name, "kube-node-lease", body)
+            self.api.coord.patch_namespaced_lease(name, "kube-node-lease", {"spec": body["spec"]})
         except ApiException as e:
             if e.status != 404:
                 raise
