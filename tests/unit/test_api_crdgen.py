@@ -185,6 +185,25 @@ def test_immutable_fields() -> None:
             assert "self == oldSelf" not in rules(at(kind, f"spec.{f}")), f"{kind}.spec.{f}"
 
 
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [
+        ("TrainerJob", "spec.dataset.uri"),
+        ("TrainerJob", "spec.evalDataset.uri"),
+        ("TrainerJob", "spec.checkpointing.storage"),
+        ("TrainingShape", "spec.baseModel"),
+        ("TrainingShape", "spec.processor"),
+        ("Checkpoint", "spec.uri"),
+        ("Checkpoint", "spec.baseModel"),
+    ],
+)
+def test_uri_fields_check_scheme_and_dot_dot(kind: str, path: str) -> None:
+    # Field-level rules (immutability) must add to a type's own rules, not replace them.
+    found = rules(at(kind, path))
+    assert any("self.matches(" in r and "pvc://" in r for r in found), found
+    assert any(r.startswith("!self.matches(") for r in found), found
+
+
 def test_defaults_that_must_reach_nested_fields() -> None:
     # Without `default: {}` on the parent, the apiserver never applies the children's defaults.
     for f in ("hyperparameters", "checkpointing"):

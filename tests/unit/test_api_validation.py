@@ -303,6 +303,7 @@ INVALID_CASES: list[Case] = [
     Case("ckpt-type-unknown", C, {"spec": {"type": "merged"}}, "spec.type"),
     Case("ckpt-step-negative", C, {"spec": {"step": -1}}, "spec.step"),
     Case("ckpt-uri-ftp", C, {"spec": {"uri": "ftp://host/ckpt"}}, "spec.uri"),
+    Case("ckpt-base-model-url", C, {"spec": {"baseModel": "http://x/y"}}, "spec.baseModel"),
     Case("ckpt-job-missing", C, {"spec": {"trainerJob": DELETE}}, "spec.trainerJob"),
     Case(
         "ckpt-output-model-upper",

@@ -57,11 +57,41 @@ class Rule:
 
 
 def cel(*rules: Rule, **schema: Any) -> dict[str, Any]:
-    """``json_schema_extra`` holding CEL rules plus any other schema keywords (``maxItems``...)."""
+    """A model's ``json_schema_extra``: its CEL rules plus any other schema keywords.
+
+    For fields and reusable types use ``Cel`` instead: pydantic merges a field's
+    ``json_schema_extra`` dicts shallowly, so a field-level rule list would replace the rules its
+    type already carries."""
     out: dict[str, Any] = dict(schema)
     if rules:
         out["x-kubernetes-validations"] = [r.to_schema() for r in rules]
     return out
+
+
+class Cel:
+    """``Annotated`` metadata that appends CEL rules to a field's or type's schema.
+
+    Stacks: ``Annotated[FileURI, Cel(immutable("uri"))]`` keeps FileURI's own rules and adds one.
+    """
+
+    def __init__(self, *rules: Rule) -> None:
+        self.rules = rules
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = dict(handler(core_schema))  # a copy: never extend a list another field shares
+        schema["x-kubernetes-validations"] = [
+            *schema.get("x-kubernetes-validations", ()),
+            *(r.to_schema() for r in self.rules),
+        ]
+        return schema
+
+    def __repr__(self) -> str:
+        return f"Cel{self.rules!r}"
+
+
+def Immutable(name: str) -> Cel:
+    """``Annotated[X, Immutable("field")]``: set at creation, never changed afterwards."""
+    return Cel(immutable(name))
 
 
 def immutable(name: str) -> Rule:

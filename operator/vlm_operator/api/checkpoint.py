@@ -19,13 +19,13 @@ from pydantic import ConfigDict, Field
 from vlm_operator.api.base import (
     AGE_COLUMN,
     ApiModel,
+    Immutable,
     KindInfo,
     PrinterColumn,
     Resource,
     Rule,
     StatusModel,
     cel,
-    immutable,
     presence_fixed,
 )
 from vlm_operator.api.common import CheckpointType, LocationURI, ModelName, ModelRef, ObjectName
@@ -33,6 +33,7 @@ from vlm_operator.api.conditions import Conditions
 from vlm_operator.api.job import Promote
 
 MetricName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_./-]+$")]
+Metrics = Annotated[dict[MetricName, float], Field(max_length=32)]
 
 
 class CheckpointSpec(ApiModel):
@@ -49,42 +50,35 @@ class CheckpointSpec(ApiModel):
         )
     )
 
-    trainer_job: ObjectName = Field(
+    trainer_job: Annotated[ObjectName, Immutable("trainerJob")] = Field(
         ...,
         description="Name of the TrainerJob (same namespace) that saved it. Immutable.",
-        json_schema_extra=cel(immutable("trainerJob")),
     )
-    step: int = Field(
+    step: Annotated[int, Immutable("step")] = Field(
         ...,
         ge=0,
         description="Optimizer step at which it was saved. Immutable.",
-        json_schema_extra=cel(immutable("step")),
     )
-    final: bool = Field(
+    final: Annotated[bool, Immutable("final")] = Field(
         False,
         description="Whether it is the job's final checkpoint. Immutable.",
-        json_schema_extra=cel(immutable("final")),
     )
-    uri: LocationURI = Field(
+    uri: Annotated[LocationURI, Immutable("uri")] = Field(
         ...,
         description="Folder of the checkpoint (HF format plus manifest.json), pvc://<claim>/"
         "<path> or file:///<path>. Immutable.",
-        json_schema_extra=cel(immutable("uri")),
     )
-    type: CheckpointType = Field(
+    type: Annotated[CheckpointType, Immutable("type")] = Field(
         ...,
         description="full (all weights) or lora (an adapter for baseModel). Immutable.",
-        json_schema_extra=cel(immutable("type")),
     )
-    base_model: ModelRef = Field(
+    base_model: Annotated[ModelRef, Immutable("baseModel")] = Field(
         ...,
         description="Model the job started from; a lora checkpoint needs it to be used. Immutable.",
-        json_schema_extra=cel(immutable("baseModel")),
     )
-    metrics: Annotated[dict[MetricName, float], Field(max_length=32)] | None = Field(
+    metrics: Annotated[Metrics | None, Immutable("metrics")] = Field(
         None,
         description="Metrics at save time, for example loss and eval_accuracy. Immutable.",
-        json_schema_extra=cel(immutable("metrics")),
     )
     promote: Promote | None = Field(
         None,

@@ -19,7 +19,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
-from vlm_operator.api.base import ApiModel, Rule, cel, cel_string
+from vlm_operator.api.base import ApiModel, Cel, Rule, cel, cel_string
 
 # --- names ----------------------------------------------------------------------------------
 
@@ -77,14 +77,10 @@ def _uri_checker(regex: str, message: str):
 def _uri_type(regex: str, message: str, description: str):
     return Annotated[
         str,
-        Field(
-            min_length=1,
-            max_length=1024,
-            description=description,
-            json_schema_extra=cel(
-                Rule(f"self.matches({cel_string(regex)})", message),
-                Rule(f"!self.matches({cel_string(DOT_DOT_RE)})", _DOT_DOT_MSG),
-            ),
+        Field(min_length=1, max_length=1024, description=description),
+        Cel(
+            Rule(f"self.matches({cel_string(regex)})", message),
+            Rule(f"!self.matches({cel_string(DOT_DOT_RE)})", _DOT_DOT_MSG),
         ),
         AfterValidator(_uri_checker(regex, message)),
     ]
@@ -104,13 +100,10 @@ _MODEL_MSG = (
 )
 ModelRef = Annotated[
     str,
-    Field(
-        min_length=1,
-        max_length=512,
-        json_schema_extra=cel(
-            Rule(f"self.matches({cel_string(MODEL_REF_RE)})", _MODEL_MSG),
-            Rule(f"!self.matches({cel_string(DOT_DOT_RE)})", _DOT_DOT_MSG),
-        ),
+    Field(min_length=1, max_length=512),
+    Cel(
+        Rule(f"self.matches({cel_string(MODEL_REF_RE)})", _MODEL_MSG),
+        Rule(f"!self.matches({cel_string(DOT_DOT_RE)})", _DOT_DOT_MSG),
     ),
     AfterValidator(_uri_checker(MODEL_REF_RE, _MODEL_MSG)),
 ]

@@ -27,13 +27,13 @@ from pydantic import ConfigDict, Field, model_validator
 from vlm_operator.api.base import (
     AGE_COLUMN,
     ApiModel,
+    Immutable,
     KindInfo,
     PrinterColumn,
     Resource,
     Rule,
     StatusModel,
     cel,
-    immutable,
     presence_fixed,
 )
 from vlm_operator.api.common import (
@@ -57,6 +57,8 @@ _JOB_NAME_MSG = (
     "and '-', starting with a letter and ending with a letter or digit (the Job, Service and "
     "pods are named after it)"
 )
+
+QueueName = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
 
 # --- spec parts ---------------------------------------------------------------------------------
 
@@ -371,35 +373,31 @@ class TrainerJobSpec(ApiModel):
         )
     )
 
-    shape: ObjectName = Field(
+    shape: Annotated[ObjectName, Immutable("shape")] = Field(
         ...,
         description="Name of the TrainingShape (cluster-scoped) to run on. Immutable.",
-        json_schema_extra=cel(immutable("shape")),
     )
-    mode: Mode = Field(
+    mode: Annotated[Mode, Immutable("mode")] = Field(
         ...,
         description="Training method: sft, dpo or rl. Immutable.",
-        json_schema_extra=cel(immutable("mode")),
     )
-    dataset: Dataset = Field(
+    dataset: Annotated[Dataset, Immutable("dataset")] = Field(
         ...,
         description="Training data. Immutable.",
-        json_schema_extra=cel(immutable("dataset")),
     )
-    eval_dataset: Dataset | None = Field(
+    eval_dataset: Annotated[Dataset | None, Immutable("evalDataset")] = Field(
         None,
         description="Held-out data evaluated at every checkpoint (same format). Immutable.",
-        json_schema_extra=cel(immutable("evalDataset")),
     )
-    hyperparameters: Hyperparameters = Field(
+    hyperparameters: Annotated[Hyperparameters, Immutable("hyperparameters")] = Field(
         default_factory=Hyperparameters,
         description="Optimisation settings; every field has a default. Immutable.",
-        json_schema_extra=cel(immutable("hyperparameters"), default={}),
+        json_schema_extra={"default": {}},
     )
-    checkpointing: Checkpointing = Field(
+    checkpointing: Annotated[Checkpointing, Immutable("checkpointing")] = Field(
         default_factory=Checkpointing,
         description="When and where checkpoints are saved. Immutable.",
-        json_schema_extra=cel(immutable("checkpointing"), default={}),
+        json_schema_extra={"default": {}},
     )
     promote: Promote | None = Field(
         None,
@@ -411,13 +409,10 @@ class TrainerJobSpec(ApiModel):
         description="Stop the trainer pods (true) or let them run (false); training resumes "
         "from the latest checkpoint.",
     )
-    queue_name: Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)] | None = (
-        Field(
-            None,
-            description="Kueue LocalQueue to submit to: the Job gets the kueue.x-k8s.io/"
-            "queue-name label and starts suspended until Kueue admits it. Immutable.",
-            json_schema_extra=cel(immutable("queueName")),
-        )
+    queue_name: Annotated[QueueName | None, Immutable("queueName")] = Field(
+        None,
+        description="Kueue LocalQueue to submit to: the Job gets the kueue.x-k8s.io/"
+        "queue-name label and starts suspended until Kueue admits it. Immutable.",
     )
     backoff_limit: int = Field(
         3,
@@ -435,10 +430,9 @@ class TrainerJobSpec(ApiModel):
         description="Delete the batch/v1 Job and its pods this long after the job finished "
         "(the TrainerJob and its Checkpoints stay).",
     )
-    pod_overrides: PodOverrides | None = Field(
+    pod_overrides: Annotated[PodOverrides | None, Immutable("podOverrides")] = Field(
         None,
         description="Environment, volumes and placement added to the trainer pods. Immutable.",
-        json_schema_extra=cel(immutable("podOverrides")),
     )
 
     @model_validator(mode="after")
