@@ -1,0 +1,274 @@
+"""Checkpoints: atomic writes, manifests with a sha256 per file, verification, resume, pruning.
+
+Layout under the checkpoint root (``<log_path>/checkpoints`` by default)::
+
+    step-000050/                  every save_every_steps (keep_last newest are kept)
+      config.json model.safetensors ...     HF full model, or adapter_config.json +
+                                            adapter_model.safetensors for LoRA
+      tokenizer.json processor_config.json chat_template.jinja ...   the processor
+      trainer_state/state.pt      optimizer, scheduler and RNG states (torch.save, tensors only)
+      trainer_state/progress.json step, epoch, data position, counters
+      manifest.json               job, name, step, type (full|lora), base_model, metrics,
+                                  files: {relative path: {sha256, size}}; written last
+    final/                        same, without optimizer/scheduler/RNG (training is over)
+
+A checkpoint is written into ``.tmp-<name>-*`` in the same root, fsynced, then renamed into
+place, so a crash at any moment leaves either the whole checkpoint or a ``.tmp-*`` folder
+that nothing mistakes for one (``latest_verified`` ignores and ``clean_temp`` removes them).
+``verify`` re-hashes every file against the manifest; resume uses the newest step that verifies.
+
+``VLM_TRAINER_FAULT=<point>:<step>`` makes the process SIGKILL itself at a named point
+(``after_checkpoint``, ``during_checkpoint``); the resume tests use it to kill at an exact
+moment. It does nothing unless set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+MANIFEST = "manifest.json"
+STATE_DIR = "trainer_state"
+FINAL = "final"
+FORMAT_VERSION = 1
+_STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def fault_point(point: str, step: int) -> None:
+    """SIGKILL this process if ``VLM_TRAINER_FAULT`` names this point and step (tests only)."""
+    if os.environ.get("VLM_TRAINER_FAULT") == f"{point}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in [*_files(root), root / MANIFEST]:
+        if p.exists():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    for d in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        _fsync_dir(d)
+
+
+def _fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint(
+    root: Path, name: str, write_files: Callable[[Path], None], manifest: dict, step: int
+) -> tuple[Path, dict]:
+    """Write a checkpoint atomically: ``write_files(tmp_dir)`` fills a temp folder, the manifest
+    (with a sha256 per file) is added, everything is fsynced, then the folder is renamed to
+    ``root/name``. Returns the final path and the manifest."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+    write_files(tmp)
+    fault_point("during_checkpoint", step)
+    files = {
+        str(p.relative_to(tmp)): {"sha256": sha256_file(p), "size": p.stat().st_size}
+        for p in _files(tmp)
+    }
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        **manifest,
+        "name": name,
+        "step": step,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": files,
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    _fsync_tree(tmp)
+    final = root / name
+    if final.exists():  # e.g. a re-run that reaches the same step: replace, never merge
+        old = Path(tempfile.mkdtemp(prefix=f".old-{name}-", dir=root))
+        os.rename(final, old / name)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+    _fsync_dir(root)
+    fault_point("after_checkpoint", step)
+    return final, manifest
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_manifest(path: Path) -> dict | None:
+    try:
+        return json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def verify(path: Path) -> str | None:
+    """``None`` if every file matches the manifest (and no file is missing or extra), else why."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        return "no readable manifest.json"
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        return "manifest lists no files"
+    present = {str(p.relative_to(path)) for p in _files(path)}
+    if missing := sorted(set(files) - present):
+        return f"missing files: {', '.join(missing[:5])}"
+    if extra := sorted(present - set(files)):
+        return f"files not in the manifest: {', '.join(extra[:5])}"
+    for rel, meta in files.items():
+        p = path / rel
+        if p.stat().st_size != meta.get("size"):
+            return f"{rel}: size {p.stat().st_size} != {meta.get('size')}"
+        if sha256_file(p) != meta.get("sha256"):
+            return f"{rel}: sha256 mismatch"
+    return None
+
+
+def list_steps(root: Path) -> list[tuple[int, Path]]:
+    """``step-*`` checkpoints (whole or not), oldest first."""
+    if not root.is_dir():
+        return []
+    out = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_RE.match(p.name))]
+    return sorted(out)
+
+
+def latest_verified(root: Path, log: Callable[[str], None] = print) -> Path | None:
+    """The newest ``step-*`` checkpoint that verifies; broken ones are reported and skipped."""
+    for _, path in reversed(list_steps(root)):
+        reason = verify(path)
+        if reason is None:
+            return path
+        log(f"checkpoint {path} does not verify ({reason}); trying an older one")
+    return None
+
+
+def clean_temp(root: Path) -> list[Path]:
+    """Remove ``.tmp-*``/``.old-*`` folders left by interrupted writes; returns what was removed."""
+    if not root.is_dir():
+        return []
+    stale = [p for p in root.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
+def prune(root: Path, keep_last: int) -> list[Path]:
+    """Delete all but the ``keep_last`` newest ``step-*`` checkpoints (0 keeps all)."""
+    steps = list_steps(root)
+    if keep_last <= 0 or len(steps) <= keep_last:
+        return []
+    doomed = [p for _, p in steps[:-keep_last]]
+    for p in doomed:
+        # Rename first so a crash mid-delete never leaves a half-deleted step-* folder.
+        trash = root / f".tmp-deleting-{p.name}"
+        os.rename(p, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    return doomed
+
+
+# ------------------------------------------------------------------------------------------------
+# Trainer state (what exact resume needs beyond the weights)
+
+
+def rng_state() -> dict:
+    state = {"python": _py_state_to_tensor(random.getstate()), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+
+        _, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = {
+            "keys": torch.from_numpy(keys.astype("int64")),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        }
+    except ImportError:
+        pass
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_py_state_from_tensor(state["python"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        s = state["numpy"]
+        keys = s["keys"].numpy().astype("uint32")
+        np.random.set_state(("MT19937", keys, s["pos"], s["has_gauss"], s["cached"]))
+
+
+def _py_state_to_tensor(st) -> dict:
+    version, internal, gauss = st
+    return {
+        "version": version,
+        "internal": torch.tensor(internal, dtype=torch.int64),
+        "gauss": gauss,
+    }
+
+
+def _py_state_from_tensor(d: dict):
+    return d["version"], tuple(int(x) for x in d["internal"].tolist()), d["gauss"]
+
+
+def save_trainer_state(out: Path, progress: dict, optimizer=None, scheduler=None) -> None:
+    """Write ``progress.json``, and ``state.pt`` (optimizer, scheduler, RNG) when given."""
+    d = out / STATE_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "progress.json").write_text(json.dumps(progress, indent=2, sort_keys=True) + "\n")
+    if optimizer is not None:
+        state = {"optimizer": optimizer.state_dict(), "rng": rng_state()}
+        if scheduler is not None:
+            state["scheduler"] = scheduler.state_dict()
+        torch.save(state, d / "state.pt")
+
+
+def load_trainer_state(path: Path) -> tuple[dict, dict | None]:
+    """``(progress, state)`` of a checkpoint; ``state`` is None when there is no ``state.pt``."""
+    d = path / STATE_DIR
+    progress = json.loads((d / "progress.json").read_text())
+    state_file = d / "state.pt"
+    state = (
+        torch.load(state_file, map_location="cpu", weights_only=True)
+        if state_file.exists()
+        else None
+    )
+    return progress, state

@@ -1,0 +1,229 @@
+"""``vlm-trainer``: the trainer image's entry point.
+
+Subcommands::
+
+    vlm-trainer sft --config cfg.yaml [key=value ...]     train (or resume) with the SFT recipe
+    vlm-trainer eval --model DIR --data FILE              exact-match accuracy, JSON report
+    vlm-trainer validate-data FILE [--mode sft|dpo|rl]    list bad lines, or summarise the file
+    vlm-trainer make-tiny-model DIR                       offline tiny Qwen3-VL for tests/demo
+    vlm-trainer make-demo-data DIR                        synthetic SFT/DPO/RL image datasets
+    vlm-trainer dpo | rl | promote                        reserved (DPO/RL and operator issues)
+
+``--config`` defaults to ``/etc/vlm-trainer/config.yaml`` (where the operator mounts it) when
+that file exists. Exit codes: 0 success, 1 invalid data (every bad line is printed, one per
+line, ``file:line: json.path: reason``), 2 bad usage or config, 3 any other failure.
+Heavy imports (torch, transformers) happen inside the subcommands, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .config import DEFAULT_CONFIG_PATH, ConfigError, SFTConfig, load_config
+
+EXIT_OK, EXIT_DATA_INVALID, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+
+
+def _config_path(arg: str | None) -> str | None:
+    if arg:
+        return arg
+    return DEFAULT_CONFIG_PATH if os.path.exists(DEFAULT_CONFIG_PATH) else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Subcommands
+
+
+def cmd_sft(args) -> int:
+    cfg = load_config(SFTConfig, _config_path(args.config), args.overrides)
+    from .recipes import sft
+
+    summary = sft.main(cfg)
+    return EXIT_OK if summary else EXIT_FAILED
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_file
+    from .model import load_for_inference, quiet_transformers
+
+    quiet_transformers()
+    if args.num_threads:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
+    model, processor = load_for_inference(args.model)
+    report = evaluate_file(
+        model,
+        processor,
+        args.data,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        limit=args.limit,
+    )
+    report["model"] = str(args.model)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return EXIT_OK
+
+
+def cmd_validate(args) -> int:
+    from .data.validate import validate_file
+
+    files: list[str] = list(args.files)
+    renderer = None
+    max_pixels = 50_000_000
+    cfg_path = _config_path(args.config) if args.config or not files else None
+    if cfg_path:  # the training config names the files, the processor and the limits
+        cfg = load_config(SFTConfig, cfg_path, args.overrides)
+        files = files or [cfg.dataset] + ([cfg.eval_dataset] if cfg.eval_dataset else [])
+        args.model = args.model or cfg.processor_path
+        max_pixels = cfg.max_image_pixels
+        args.max_seq_len = args.max_seq_len or cfg.max_seq_len
+        args.train_on, args.on_truncation = cfg.train_on, cfg.on_truncation
+    if not files:
+        raise ConfigError("validate-data: give a FILE or --config")
+    if args.model:
+        from .data.render import Renderer
+        from .model import load_processor, quiet_transformers
+
+        quiet_transformers()
+        renderer = Renderer(
+            load_processor(args.model),
+            args.max_seq_len or 4096,
+            args.train_on,
+            args.on_truncation,
+            max_pixels,
+        )
+    from .config import local_path
+
+    bad = False
+    for f in files:
+        summary = validate_file(local_path(f), args.mode, renderer, max_pixels, args.max_issues)
+        for issue in summary.issues:
+            print(issue)
+        if summary.bad_records > len(summary.issues):
+            print(f"{f}: ... {summary.bad_records - len(summary.issues)} more bad lines not shown")
+        if not summary.ok:
+            bad = True
+            why = "no records" if summary.records == 0 else "invalid"
+            print(f"{f}: {summary.bad_records} of {summary.records} records {why}", file=sys.stderr)
+        else:
+            print(json.dumps(summary.as_dict()))
+    return EXIT_DATA_INVALID if bad else EXIT_OK
+
+
+def cmd_make_tiny_model(args) -> int:
+    from .model import quiet_transformers
+    from .tiny import make_tiny_model
+
+    quiet_transformers()
+    print(make_tiny_model(args.dir, seed=args.seed))
+    return EXIT_OK
+
+
+def cmd_make_demo_data(args) -> int:
+    from .demo_data import make_demo_data
+
+    counts = make_demo_data(
+        args.dir, n_train=args.n_train, n_eval=args.n_eval, size=args.image_size, seed=args.seed
+    )
+    print(json.dumps({"dir": str(args.dir), "files": counts}))
+    return EXIT_OK
+
+
+def cmd_reserved(args) -> int:
+    where = {"dpo": "the DPO/RL issue", "rl": "the DPO/RL issue", "promote": "the operator issue"}
+    print(
+        f"vlm-trainer {args.command}: not implemented yet ({where[args.command]})", file=sys.stderr
+    )
+    return EXIT_USAGE
+
+
+# ------------------------------------------------------------------------------------------------
+# Parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vlm-trainer", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sft", help="supervised fine-tuning")
+    s.add_argument("--config", help=f"YAML config (default {DEFAULT_CONFIG_PATH} if present)")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+    s.set_defaults(func=cmd_sft)
+
+    # DPO and RL take the same arguments as sft; promote is the operator's short Job.
+    for name in ("dpo", "rl", "promote"):
+        r = sub.add_parser(name, help="reserved: not implemented yet")
+        r.add_argument("rest", nargs=argparse.REMAINDER)
+        r.set_defaults(func=cmd_reserved)
+
+    e = sub.add_parser("eval", help="greedy exact-match accuracy on an SFT-format file")
+    e.add_argument("--model", required=True, help="model or checkpoint directory")
+    e.add_argument(
+        "--data", required=True, help="JSONL file; the last assistant message is the answer"
+    )
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--max-new-tokens", type=int, default=32)
+    e.add_argument("--limit", type=int, default=None, help="only the first N records")
+    e.add_argument("--num-threads", type=int, default=0)
+    e.add_argument("--output", help="also write the JSON report here")
+    e.set_defaults(func=cmd_eval)
+
+    v = sub.add_parser("validate-data", help="check a dataset; list every bad line")
+    v.add_argument("files", nargs="*", metavar="FILE")
+    v.add_argument("--mode", choices=["sft", "dpo", "rl"], default="sft")
+    v.add_argument("--config", help="training config: its dataset, eval_dataset and processor")
+    v.add_argument("--model", help="processor path or hub id: adds token statistics")
+    v.add_argument("--max-seq-len", type=int, default=None)
+    v.add_argument(
+        "--train-on", choices=["all_assistant", "last_assistant"], default="all_assistant"
+    )
+    v.add_argument("--on-truncation", choices=["skip", "error"], default="skip")
+    v.add_argument("--max-issues", type=int, default=1000, help="stop listing after N issues")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="key=value")
+    v.set_defaults(func=cmd_validate)
+
+    t = sub.add_parser("make-tiny-model", help="build the offline tiny Qwen3-VL")
+    t.add_argument("dir")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_make_tiny_model)
+
+    d = sub.add_parser("make-demo-data", help="write synthetic colour datasets")
+    d.add_argument("dir")
+    d.add_argument("--n-train", type=int, default=200)
+    d.add_argument("--n-eval", type=int, default=40)
+    d.add_argument("--image-size", type=int, default=64)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_make_demo_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data.jsonl import DataInvalidError
+
+    try:
+        return args.func(args)
+    except DataInvalidError as e:
+        print(e.report(), file=sys.stdout)
+        return EXIT_DATA_INVALID
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

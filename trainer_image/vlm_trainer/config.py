@@ -1,0 +1,191 @@
+"""Trainer configuration: pydantic models, YAML loading and ``key=value`` overrides.
+
+This module must stay importable without torch: the operator imports it to render the trainer's
+ConfigMap and to validate hyperparameters. Only the standard library, pydantic and PyYAML.
+
+Key names follow the cookbook names users already know (``base_model``, ``dataset``,
+``learning_rate``, ``lora_rank`` ...). ``SFTConfig`` is the SFT recipe's config; DPO and RL
+configs subclass ``TrainConfig`` the same way and add their own keys. Unknown keys are errors, so
+a typo (``learning_rte``) fails before any work is done.
+
+Paths may be plain paths or ``file://`` URIs; ``local_path`` turns either into a ``Path``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import unquote, urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+#: Where the operator mounts the rendered config inside the trainer pod.
+DEFAULT_CONFIG_PATH = "/etc/vlm-trainer/config.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+class TrainConfig(BaseModel):
+    """Keys shared by every training mode (SFT, DPO, RL)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # What to train and on what.
+    job_name: str = Field("vlm-trainer", description="Recorded in every checkpoint manifest.")
+    base_model: str = Field(..., description="Local path or hub id of an HF image-text model.")
+    tokenizer_model: str | None = Field(
+        None, description="Processor/tokenizer path or hub id; defaults to base_model."
+    )
+    dataset: str = Field(..., description="JSONL path or file:// URI.")
+    eval_dataset: str | None = None
+    log_path: str = Field(..., description="metrics.jsonl goes here, and checkpoints/ by default.")
+    checkpoint_dir: str | None = Field(
+        None, description="Where checkpoints go; defaults to <log_path>/checkpoints."
+    )
+
+    # Sequence handling.
+    max_seq_len: int = Field(4096, ge=16)
+    train_on: Literal["all_assistant", "last_assistant"] = "all_assistant"
+    on_truncation: Literal["skip", "error"] = Field(
+        "skip",
+        description="What to do with a record whose truncation would cut an image span or leave "
+        "no assistant token: skip it (counted) or fail before training.",
+    )
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="Images with more pixels are rejected (decompression bombs)."
+    )
+
+    # Optimisation.
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(4, ge=1, description="Sequences per forward pass (micro-batch).")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(1e-5, gt=0)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final lr as a fraction of peak.")
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_eps: float = Field(1e-8, gt=0)
+    grad_clip_norm: float = Field(1.0, ge=0, description="0 disables clipping.")
+
+    # What is trainable.
+    lora_rank: int = Field(0, ge=0, description="0 = full fine-tune.")
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        description="Linear layers of the language model that get adapters.",
+    )
+    freeze_vision: bool = False
+    gradient_checkpointing: bool = False
+
+    # Checkpoints and runtime.
+    save_every_steps: int = Field(0, ge=0, description="0 = only the final checkpoint.")
+    keep_last: int = Field(3, ge=0, description="step-* checkpoints kept; 0 = keep all.")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto = bf16 on GPU, fp32 on CPU."
+    )
+    num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default.")
+    validate_before_training: bool = Field(
+        True, description="Read and render the whole dataset once before training starts."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.warmup_steps and self.max_steps and self.warmup_steps > self.max_steps:
+            raise ValueError("warmup_steps must not exceed max_steps")
+        return self
+
+    # Derived locations -------------------------------------------------------------------------
+    @property
+    def processor_path(self) -> str:
+        return self.tokenizer_model or self.base_model
+
+    @property
+    def checkpoints_path(self) -> Path:
+        return (
+            local_path(self.checkpoint_dir) if self.checkpoint_dir else self.log_dir / "checkpoints"
+        )
+
+    @property
+    def log_dir(self) -> Path:
+        return local_path(self.log_path)
+
+
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning. Adds nothing yet beyond the shared keys; kept separate so the
+    modes can diverge without breaking each other."""
+
+    mode: Literal["sft"] = "sft"
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def local_path(uri: str) -> Path:
+    """``file:///data/x.jsonl`` or ``/data/x.jsonl`` -> ``Path('/data/x.jsonl')``.
+
+    Other schemes are refused: the trainer never fetches data over the network."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path) if parsed.scheme else uri)
+    if len(parsed.scheme) == 1:  # a Windows drive letter, not a scheme
+        return Path(uri)
+    raise ConfigError(f"{uri!r}: only local paths and file:// URIs are supported")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["epochs=3", "lora_rank=8"]`` -> ``{"epochs": 3, "lora_rank": 8}``; values are YAML."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r}: expected key=value")
+        out[key.strip()] = yaml.safe_load(value) if value != "" else None
+    return out
+
+
+def load_config(cls: type[C], path: str | Path | None, overrides: list[str] = ()) -> C:
+    """Read a YAML config (or nothing), apply ``key=value`` overrides, validate as ``cls``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f)
+        except OSError as e:
+            raise ConfigError(f"{path}: {e.strerror}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values")
+        data.update(loaded or {})
+    data.update(parse_overrides(list(overrides)))
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, path)) from e
+
+
+def format_validation_error(e: ValidationError, source: str | Path | None = None) -> str:
+    """One line per problem: ``cfg.yaml: learning_rate: Input should be greater than 0``."""
+    prefix = f"{source}: " if source else ""
+    lines = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(config)"
+        lines.append(f"{prefix}{key}: {err['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""A shuffled, seekable stream of rendered training samples with an exact position.
+
+The file is indexed once (byte offsets only, see ``LineIndex``); each epoch visits the records
+in a permutation drawn from ``(seed, epoch)`` with its own generator, so the order never depends
+on the global RNG or on what happened before. The position is ``(epoch, cursor)`` where
+``cursor`` counts records of the epoch's permutation already consumed (skipped ones included):
+saving it in a checkpoint and starting again from it reproduces the remaining batches exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from .jsonl import DataInvalidError, LineIndex, Mode, parse_line
+from .render import Rendered, Renderer, RenderError, SkipRecord
+
+
+class RecordStream:
+    def __init__(
+        self,
+        path: str | Path,
+        renderer: Renderer,
+        seed: int,
+        shuffle: bool = True,
+        mode: Mode = "sft",
+    ):
+        self.path = Path(path)
+        self.renderer = renderer
+        self.seed = seed
+        self.shuffle = shuffle
+        self.mode = mode
+        self.index = LineIndex(self.path)
+        self.skipped = 0  # records dropped by truncation, counted over the whole run
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(len(self.index)))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.index), generator=g).tolist()
+
+    def samples(self, epoch: int, cursor: int = 0) -> Iterator[tuple[int, Rendered]]:
+        """Yield ``(cursor_after, sample)`` from position ``cursor`` of epoch ``epoch``."""
+        order = self.order(epoch)
+        with open(self.path, "rb") as f:
+            for pos in range(cursor, len(order)):
+                line, raw = self.index.read(f, order[pos])
+                sample = self._render(line, raw)
+                if sample is not None:
+                    yield pos + 1, sample
+
+    def _render(self, line: int, raw: bytes) -> Rendered | None:
+        record, issues = parse_line(
+            raw,
+            file=str(self.path),
+            line=line,
+            mode=self.mode,
+            max_image_pixels=self.renderer.max_image_pixels,
+            decode_images=False,  # rendering decodes them; errors surface there
+        )
+        if record is None:
+            raise DataInvalidError(issues, 1, len(self.index))
+        try:
+            return self.renderer.render(record.conversation)
+        except SkipRecord:
+            self.skipped += 1
+            return None
+        except (RenderError, ValueError) as e:
+            from .jsonl import DataIssue
+
+            raise DataInvalidError(
+                [DataIssue(str(self.path), line, "", str(e))], 1, len(self.index)
+            ) from e

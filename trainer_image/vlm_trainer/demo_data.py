@@ -1,0 +1,191 @@
+"""Synthetic image datasets for tests, examples and the demo: the answer depends only on the image.
+
+The task: a noisy image whose dominant colour is one of four (red, green, blue, yellow); the
+question is always the same text, so a model that ignores the image stays at 25% accuracy.
+``make-demo-data DIR`` writes, with a fixed seed:
+
+- ``sft_train.jsonl`` / ``sft_eval.jsonl``: ``{"messages": [user(text+image), assistant(colour)]}``
+- ``dpo_train.jsonl`` / ``dpo_eval.jsonl``: chosen = the right colour, rejected = another one
+- ``rl_train.jsonl`` / ``rl_eval.jsonl``: the user turn only, plus ``"answer": colour``
+
+``bad_sft_lines()`` returns a mix of good lines and many kinds of bad ones, each with the reason
+the validator must give; the trainer and operator tests share it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from .data.images import encode_data_url
+
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 70, 220),
+    "yellow": (230, 210, 40),
+}
+QUESTION = "What colour is this image? Answer with one word."
+
+
+def colour_image(colour: str, rng: random.Random, size: int = 64) -> Image.Image:
+    """A ``size``x``size`` image dominated by ``colour``: jittered background, per-pixel noise,
+    and a few grey distractor shapes so no two images are alike."""
+    base = COLOURS[colour]
+    jitter = [max(0, min(255, c + rng.randint(-25, 25))) for c in base]
+    img = Image.new("RGB", (size, size), tuple(jitter))
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.randint(1, 3)):
+        x0, y0 = rng.randint(0, size - 8), rng.randint(0, size - 8)
+        w, h = rng.randint(4, size // 3), rng.randint(4, size // 3)
+        g = rng.randint(60, 200)
+        draw.rectangle([x0, y0, x0 + w, y0 + h], fill=(g, g, g))
+    noise = Image.effect_noise((size, size), 20).convert("RGB")
+    return Image.blend(img, noise, 0.15)
+
+
+def colour_prompt(colour: str, rng: random.Random, size: int = 64, fmt: str = "PNG") -> dict:
+    url = encode_data_url(colour_image(colour, rng, size), fmt=fmt)
+    return {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": QUESTION},
+            {"type": "image_url", "image_url": {"url": url}},
+        ],
+    }
+
+
+def sft_record(colour: str, rng: random.Random, size: int = 64, fmt: str = "PNG") -> dict:
+    return {
+        "messages": [
+            colour_prompt(colour, rng, size, fmt),
+            {"role": "assistant", "content": colour},
+        ]
+    }
+
+
+def _balanced_colours(n: int, rng: random.Random) -> list[str]:
+    names = list(COLOURS)
+    out = [names[i % len(names)] for i in range(n)]
+    rng.shuffle(out)
+    return out
+
+
+def write_jsonl(path: str | Path, records) -> int:
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+            n += 1
+    return n
+
+
+def make_demo_data(
+    out_dir: str | Path, n_train: int = 200, n_eval: int = 40, size: int = 64, seed: int = 0
+) -> dict[str, int]:
+    """Write the six demo files into ``out_dir``; returns ``{file name: records}``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    for split, n, split_seed in (("train", n_train, seed), ("eval", n_eval, seed + 10_000)):
+        rng = random.Random(split_seed)
+        colours = _balanced_colours(n, rng)
+        prompts = [(c, colour_prompt(c, rng, size)) for c in colours]
+        sft = ({"messages": [p, {"role": "assistant", "content": c}]} for c, p in prompts)
+        counts[f"sft_{split}.jsonl"] = write_jsonl(out / f"sft_{split}.jsonl", sft)
+
+        def dpo(prompts=prompts, rng=rng):
+            for c, p in prompts:
+                wrong = rng.choice([o for o in COLOURS if o != c])
+                yield {
+                    "chosen": {"messages": [p, {"role": "assistant", "content": c}]},
+                    "rejected": {"messages": [p, {"role": "assistant", "content": wrong}]},
+                }
+
+        counts[f"dpo_{split}.jsonl"] = write_jsonl(out / f"dpo_{split}.jsonl", dpo())
+        rl = ({"messages": [p], "answer": c} for c, p in prompts)
+        counts[f"rl_{split}.jsonl"] = write_jsonl(out / f"rl_{split}.jsonl", rl)
+    return counts
+
+
+def bad_sft_lines(seed: int = 0) -> list[tuple[str, str | None]]:
+    """Lines for a bad-data file: ``(line, expected reason fragment or None for a good line)``.
+
+    Covers the kinds of mistakes seen in real datasets, one per bad line."""
+    rng = random.Random(seed)
+    good = json.dumps(sft_record("red", rng))
+    img = colour_prompt("blue", rng)["content"][1]["image_url"]["url"]
+
+    def user(*parts):
+        return {"role": "user", "content": list(parts)}
+
+    def img_part(url):
+        return {"type": "image_url", "image_url": {"url": url}}
+
+    ans = {"role": "assistant", "content": "blue"}
+    gif = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///ywAAAAAAQABAAACAUwAOw=="
+    bomb = encode_data_url(Image.new("1", (12_000, 12_000)))  # ~2 KB PNG, 144 M pixels
+    webp_bytes_as_png = "data:image/png;base64," + _webp_b64()
+    truncated_jpeg = encode_data_url(colour_image("red", rng, 64), fmt="JPEG")[:-400]
+    records: list[tuple[object, str | None]] = [
+        (good, None),
+        ("{not json", "not valid JSON"),
+        ([1, 2, 3], "expected a JSON object"),
+        ({"conversation": []}, "messages: missing"),
+        ({"messages": []}, "empty"),
+        ({"messages": [{"content": "hi"}, ans]}, "messages[0].role: missing"),
+        ({"messages": [{"role": "robot", "content": "hi"}, ans]}, "unknown role 'robot'"),
+        ({"messages": [user({"type": "text", "text": "hi"})]}, "no assistant message"),
+        ({"messages": [user(img_part("https://example.com/cat.jpg")), ans]}, "convert"),
+        (
+            {"messages": [user(img_part("data:image/png;base64,@@@not-base64@@@")), ans]},
+            "invalid base64",
+        ),
+        (
+            {"messages": [user(img_part("data:image/png;base64,aGVsbG8gd29ybGQ=")), ans]},
+            "not a decodable image: no PNG or JPEG header",
+        ),
+        ({"messages": [user(img_part(gif)), ans]}, "unsupported image type 'image/gif'"),
+        ({"messages": [user(img_part(webp_bytes_as_png)), ans]}, "not PNG or JPEG"),
+        ({"messages": [user(img_part(bomb)), ans]}, "decompression-bomb"),
+        (
+            {"messages": [user({"type": "video", "video": "x"}), ans]},
+            "unsupported part type 'video'",
+        ),
+        (
+            {"messages": [user(img_part(img)), {"role": "assistant", "content": ""}]},
+            "empty assistant",
+        ),
+        (
+            {"messages": [user(img_part(img)), {"role": "assistant"}]},
+            "messages[1].content: missing",
+        ),
+        (
+            {"messages": [user(img_part(img)), {"role": "system", "content": "x"}, ans]},
+            "system message may only",
+        ),
+        ({"messages": [user({"type": "text"}), ans]}, "messages[0].content[0].text: missing"),
+        (
+            {"messages": [user({"type": "image_url", "image_url": {}}), ans]},
+            "image_url.url: missing",
+        ),
+        ({"messages": [user(img_part(truncated_jpeg)), ans]}, "cannot decode JPEG"),
+        (
+            {"messages": [user(img_part(img)), {"role": "assistant", "content": [img_part(img)]}]},
+            "only supported in user messages",
+        ),
+        ({"messages": [user(img_part(img)), ans]}, None),
+    ]
+    return [(r if isinstance(r, str) else json.dumps(r), why) for r, why in records]
+
+
+def _webp_b64() -> str:
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format="WEBP")
+    return base64.b64encode(buf.getvalue()).decode()
