@@ -35,8 +35,15 @@ from vlm_operator.api.job import (
     TrainerJob,
     TrainerJobSpec,
     TrainerJobStatus,
+    max_seq_len,
+    shape_violations,
 )
-from vlm_operator.api.shape import TrainingShape, TrainingShapeSpec, TrainingShapeStatus
+from vlm_operator.api.shape import (
+    TrainingShape,
+    TrainingShapeSpec,
+    TrainingShapeStatus,
+    shape_version,
+)
 
 #: Every kind, in the order crdgen writes them.
 KINDS: tuple[type[Resource], ...] = (TrainingShape, TrainerJob, Checkpoint)
@@ -73,6 +80,9 @@ __all__ = [
     "TrainingShapeStatus",
     "find_condition",
     "is_condition_true",
+    "max_seq_len",
     "new_condition",
     "set_condition",
+    "shape_version",
+    "shape_violations",
 ]

@@ -11,8 +11,7 @@ mode, datasets, hyperparameters, checkpointing, podOverrides, queueName). Mutabl
 ``backoffLimit``, ``activeDeadlineSeconds``, ``ttlSecondsAfterFinished``, and ``promote``, which
 may be added later (to promote a finished job) but not changed or removed once set.
 
-Checked by the operator, not CEL (they need the shape): loraRank <= maxLoraRank, full
-fine-tuning allowed, mode in the shape's modes, maxSeqLen <= maxContext.
+Checked by the operator, not CEL (they need the shape): ``shape_violations`` below.
 """
 
 from __future__ import annotations
@@ -46,6 +45,7 @@ from vlm_operator.api.common import (
 )
 from vlm_operator.api.conditions import Conditions
 from vlm_operator.api.pod import PodOverrides
+from vlm_operator.api.shape import TrainingShapeSpec
 
 #: TrainerJob names become the names of the Job, Service, ServiceAccount and pods derived from
 #: them (a Service name is a DNS-1035 label: it starts with a letter); 52 leaves room for a
@@ -565,3 +565,42 @@ class TrainerJob(Resource):
         if name is not None and (len(name) > JOB_NAME_MAX or not re.match(JOB_NAME_RE, name)):
             raise ValueError(_JOB_NAME_MSG)
         return self
+
+
+# --- what CEL cannot check ------------------------------------------------------------------------
+
+
+def max_seq_len(spec: TrainerJobSpec, shape: TrainingShapeSpec) -> int:
+    """The sequence length the trainer gets: the job's maxSeqLen or the shape's maxContext."""
+    return spec.hyperparameters.max_seq_len or shape.max_context
+
+
+def shape_violations(spec: TrainerJobSpec, shape: TrainingShapeSpec, shape_name: str) -> list[str]:
+    """Rules between a job and its shape, which CEL cannot see (another object).
+
+    Returns one message per violation, each naming the job's field; empty when the job fits.
+    The operator reports them as ``Admitted=False`` / ``Failed`` with reason ``InvalidSpec``."""
+    problems = []
+    hp = spec.hyperparameters
+    if spec.mode not in shape.modes:
+        allowed = ", ".join(str(m) for m in shape.modes)
+        problems.append(
+            f"spec.mode: {spec.mode} is not allowed by TrainingShape {shape_name} "
+            f"(modes: {allowed})"
+        )
+    if hp.lora_rank > shape.max_lora_rank:
+        problems.append(
+            f"spec.hyperparameters.loraRank: {hp.lora_rank} exceeds TrainingShape {shape_name}'s "
+            f"maxLoraRank {shape.max_lora_rank}"
+        )
+    if hp.lora_rank == 0 and not shape.allow_full_fine_tune:
+        problems.append(
+            "spec.hyperparameters.loraRank: 0 (full fine-tune) is not allowed by TrainingShape "
+            f"{shape_name} (allowFullFineTune: false); set a LoRA rank"
+        )
+    if hp.max_seq_len is not None and hp.max_seq_len > shape.max_context:
+        problems.append(
+            f"spec.hyperparameters.maxSeqLen: {hp.max_seq_len} exceeds TrainingShape "
+            f"{shape_name}'s maxContext {shape.max_context}"
+        )
+    return problems

@@ -11,6 +11,8 @@ resource. What it cannot (a job against its shape) is the operator's job.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -222,3 +224,13 @@ class TrainingShape(Resource):
     status: TrainingShapeStatus | None = Field(
         None, description="Observed state, written by the operator."
     )
+
+
+def shape_version(spec: TrainingShapeSpec) -> str:
+    """``status.version``: a short hash of the spec with defaults filled in.
+
+    Key order and whether a default was written out do not matter (the apiserver stores the
+    defaulted spec, and the model fills the same defaults), so the version only changes when the
+    shape really does."""
+    canonical = json.dumps(spec.to_api(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
