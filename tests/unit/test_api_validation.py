@@ -299,6 +299,12 @@ INVALID_CASES: list[Case] = [
         {"spec": {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "x"}]}},
         "spec.tolerations[0].value",
     ),
+    Case(
+        "shape-toleration-no-key-with-equal",
+        S,
+        {"spec": {"tolerations": [{"value": "x", "effect": "NoSchedule"}]}},
+        "spec.tolerations[0].key",
+    ),
     # --- Checkpoint
     Case("ckpt-type-unknown", C, {"spec": {"type": "merged"}}, "spec.type"),
     Case("ckpt-step-negative", C, {"spec": {"step": -1}}, "spec.step"),

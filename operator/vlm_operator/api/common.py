@@ -179,7 +179,12 @@ class Toleration(ApiModel):
                 "!has(self.value) || self.value == '' || self.operator != 'Exists'",
                 "value must be empty when operator is Exists",
                 field_path=".value",
-            )
+            ),
+            Rule(
+                "(has(self.key) && self.key != '') || self.operator == 'Exists'",
+                "key may only be empty with operator Exists (which then tolerates every taint)",
+                field_path=".key",
+            ),
         )
     )
 
@@ -204,9 +209,13 @@ class Toleration(ApiModel):
     )
 
     @model_validator(mode="after")
-    def _value_only_with_equal(self) -> Toleration:
+    def _key_and_value(self) -> Toleration:
         if self.operator == TolerationOperator.EXISTS and self.value:
             raise ValueError("value must be empty when operator is Exists")
+        if not self.key and self.operator != TolerationOperator.EXISTS:
+            raise ValueError(
+                "key may only be empty with operator Exists (which then tolerates every taint)"
+            )
         return self
 
 
