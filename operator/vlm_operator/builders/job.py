@@ -1,0 +1,232 @@
+"""The trainer workload of a TrainerJob: ConfigMap (trainer config), batch/v1 Job and, for
+several nodes, a headless Service.
+
+Supported: one pod per node; one node is a plain Job running `vlm-trainer <mode>`; several GPUs
+or several nodes run `torchrun` with `NNODES`, `NODE_RANK` (the Job completion index),
+`NPROC_PER_NODE`, `MASTER_ADDR` (`<job>-0.<job>`, the index-0 pod behind the headless Service)
+and `MASTER_PORT`. Pods are hardened (non-root, no privilege escalation, all capabilities
+dropped, seccomp RuntimeDefault). Exit codes 65 (bad data) and 78 (bad config) fail the Job at
+once through a podFailurePolicy: retrying cannot fix them. Kueue: `queueName` sets the queue
+label and the Job starts suspended, so Kueue decides when it runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from vlm_operator.api import TrainerJob, TrainingShape
+from vlm_operator.builders.config import (
+    CONFIG_DIR,
+    CONFIG_KEY,
+    checkpoint_location,
+    trainer_config,
+)
+from vlm_operator.builders.labels import (
+    KUEUE_QUEUE_LABEL,
+    child_meta,
+    job_labels,
+    trainer_names,
+    without_status,
+)
+from vlm_operator.builders.rbac import service_account_name
+from vlm_operator.builders.storage import StorageMounts, join_uri
+
+CONTAINER = "trainer"
+MASTER_PORT = 29500
+EXIT_DATA_INVALID = 65  # EX_DATAERR
+EXIT_CONFIG_INVALID = 78  # EX_CONFIG
+NON_ROOT_UID = 65532
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def trainer_command(mode: str, nodes: int, procs: int) -> list[str]:
+    entry = ["--config", f"{CONFIG_DIR}/{CONFIG_KEY}"]
+    if nodes == 1 and procs == 1:
+        return ["vlm-trainer", mode, *entry]
+    return [
+        "torchrun",
+        "--nnodes=$(NNODES)",
+        "--nproc-per-node=$(NPROC_PER_NODE)",
+        "--node-rank=$(NODE_RANK)",
+        "--master-addr=$(MASTER_ADDR)",
+        "--master-port=$(MASTER_PORT)",
+        "-m",
+        "vlm_trainer.cli",
+        mode,
+        *entry,
+    ]
+
+
+def trainer_env(
+    tj_body: dict[str, Any], tj: TrainerJob, shape: TrainingShape, ckpt_uri: str
+) -> list[dict[str, Any]]:
+    name, sh = tj.metadata.name, shape.spec
+    env = [
+        {"name": "VLM_TRAINERJOB_NAME", "value": name},
+        _field_env("VLM_TRAINERJOB_NAMESPACE", "metadata.namespace"),
+        {"name": "VLM_TRAINERJOB_UID", "value": tj_body["metadata"]["uid"]},
+        {"name": "VLM_CHECKPOINT_URI", "value": join_uri(ckpt_uri, "checkpoints")},
+        {"name": "VLM_BASE_MODEL", "value": sh.base_model},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    procs = max(1, sh.gpus_per_node)
+    if sh.nodes > 1 or procs > 1:
+        env += [
+            {"name": "NNODES", "value": str(sh.nodes)},
+            {"name": "NPROC_PER_NODE", "value": str(procs)},
+            _field_env("NODE_RANK", f"metadata.annotations['{INDEX_ANNOTATION}']")
+            if sh.nodes > 1
+            else {"name": "NODE_RANK", "value": "0"},
+            {"name": "MASTER_ADDR", "value": f"{name}-0.{name}" if sh.nodes > 1 else "127.0.0.1"},
+            {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
+        ]
+    overrides = tj.spec.pod_overrides
+    if overrides and overrides.env:
+        env += [e.to_api() for e in overrides.env]
+    return env
+
+
+def _resources(shape: TrainingShape) -> dict[str, Any]:
+    sh = shape.spec
+    res = sh.resources.to_api() if sh.resources else {}
+    if sh.gpus_per_node > 0:
+        gpus = str(sh.gpus_per_node)
+        res.setdefault("limits", {})[sh.gpu_resource] = gpus
+        res.setdefault("requests", {})[sh.gpu_resource] = gpus
+    return res
+
+
+def _tolerations(tj: TrainerJob, shape: TrainingShape) -> list[dict[str, Any]]:
+    tols = [t.to_api() for t in shape.spec.tolerations or []]
+    overrides = tj.spec.pod_overrides
+    return tols + [t.to_api() for t in (overrides.tolerations if overrides else None) or []]
+
+
+def trainer_workload(
+    tj_body: dict[str, Any], shape_body: dict[str, Any], default_storage: str, default_image: str
+) -> list[dict[str, Any]]:
+    """ConfigMap, (Service,) Job for one TrainerJob, in the order they should be applied."""
+    tj = TrainerJob.model_validate(without_status(tj_body))
+    shape = TrainingShape.model_validate(without_status(shape_body))
+    name, sh, spec = tj.metadata.name, shape.spec, tj.spec
+    names, labels = trainer_names(name), job_labels(name)
+    mounts = StorageMounts()
+    cfg = trainer_config(tj, shape, default_storage, mounts)
+    ckpt_uri = checkpoint_location(tj, default_storage)
+    overrides = spec.pod_overrides
+
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": child_meta(tj_body, names["config"], labels),
+        "data": {CONFIG_KEY: yaml.safe_dump(cfg, sort_keys=False)},
+    }
+    volumes = [
+        {"name": "config", "configMap": {"name": names["config"]}},
+        {"name": "tmp", "emptyDir": {}},
+        {
+            "name": "dshm",
+            "emptyDir": {
+                "medium": "Memory",
+                **({"sizeLimit": str(sh.shm_size)} if sh.shm_size else {}),
+            },
+        },
+        *mounts.volumes(),
+    ]
+    volume_mounts = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        *mounts.mounts(),
+    ]
+    if overrides:
+        volumes += [v.to_api() for v in overrides.volumes or []]
+        volume_mounts += [m.to_api() for m in overrides.volume_mounts or []]
+    container = {
+        "name": CONTAINER,
+        "image": sh.image or default_image,
+        "command": trainer_command(str(spec.mode), sh.nodes, max(1, sh.gpus_per_node)),
+        "env": trainer_env(tj_body, tj, shape, ckpt_uri),
+        "resources": _resources(shape),
+        "volumeMounts": volume_mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+        },
+    }
+    if sh.image_pull_policy:
+        container["imagePullPolicy"] = str(sh.image_pull_policy)
+    node_selector = dict(sh.node_selector or {}) | dict(
+        (overrides.node_selector if overrides else None) or {}
+    )
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "serviceAccountName": service_account_name(tj_body),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": NON_ROOT_UID,
+            "runAsGroup": NON_ROOT_UID,
+            "fsGroup": NON_ROOT_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    if tols := _tolerations(tj, shape):
+        pod_spec["tolerations"] = tols
+    if overrides and overrides.priority_class_name:
+        pod_spec["priorityClassName"] = overrides.priority_class_name
+    job_meta = child_meta(tj_body, names["job"], dict(labels))
+    if spec.queue_name:
+        job_meta["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
+    job_spec: dict[str, Any] = {
+        # Kueue admits a queued job by unsuspending it; until then it must not start.
+        "suspend": bool(spec.suspend or spec.queue_name),
+        "backoffLimit": spec.backoff_limit,
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": [EXIT_DATA_INVALID, EXIT_CONFIG_INVALID],
+                    },
+                },
+            ]
+        },
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    objs = [config_map]
+    if sh.nodes > 1:
+        pod_spec["subdomain"] = names["service"]
+        job_spec |= {"completionMode": "Indexed", "completions": sh.nodes, "parallelism": sh.nodes}
+        objs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": child_meta(tj_body, names["service"], labels),
+                "spec": {
+                    "clusterIP": "None",
+                    "publishNotReadyAddresses": True,
+                    "selector": {k: labels[k] for k in labels if k.startswith("vlmtrain.dev/")},
+                    "ports": [{"name": "rendezvous", "port": MASTER_PORT}],
+                },
+            }
+        )
+    objs.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": job_meta, "spec": job_spec})
+    return objs

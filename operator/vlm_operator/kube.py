@@ -1,0 +1,178 @@
+"""The only module that talks to the Kubernetes API server.
+
+Plain REST on the official client's connection (auth, TLS, retries of the transport), with dict
+bodies in API form. Supported calls: get/list of any of the few kinds the operator touches,
+server-side apply of the children it owns (field manager `vlm-operator`; re-applying the same
+object is a no-op, so reconciles are idempotent), create-if-absent for Jobs (whose pod template is
+immutable), status merge patches, metadata patches, and Events. Credentials: in-cluster when
+running in a pod, else `$KUBECONFIG`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from vlm_operator.api import GROUP, VERSION
+
+log = logging.getLogger("vlm_operator.kube")
+FIELD_MANAGER = "vlm-operator"
+
+#: kind -> (api prefix, plural, namespaced)
+KINDS: dict[str, tuple[str, str, bool]] = {
+    "TrainingShape": (f"/apis/{GROUP}/{VERSION}", "trainingshapes", False),
+    "TrainerJob": (f"/apis/{GROUP}/{VERSION}", "trainerjobs", True),
+    "Checkpoint": (f"/apis/{GROUP}/{VERSION}", "checkpoints", True),
+    "Job": ("/apis/batch/v1", "jobs", True),
+    "Pod": ("/api/v1", "pods", True),
+    "ConfigMap": ("/api/v1", "configmaps", True),
+    "Service": ("/api/v1", "services", True),
+    "ServiceAccount": ("/api/v1", "serviceaccounts", True),
+    "Event": ("/api/v1", "events", True),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
+}
+
+_client: client.ApiClient | None = None
+_lock = threading.Lock()
+
+
+def api_client() -> client.ApiClient:
+    global _client
+    with _lock:
+        if _client is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            _client = client.ApiClient()
+        return _client
+
+
+def _path(kind: str, namespace: str | None = None, name: str | None = None, sub: str = "") -> str:
+    prefix, plural, namespaced = KINDS[kind]
+    p = prefix
+    if namespaced and namespace:
+        p += f"/namespaces/{quote(namespace)}"
+    p += f"/{plural}"
+    if name:
+        p += f"/{quote(name)}"
+    if sub:
+        p += f"/{sub}"
+    return p
+
+
+def _call(
+    method: str,
+    path: str,
+    body: Any = None,
+    query: dict[str, Any] | None = None,
+    content_type: str = "application/json",
+) -> dict[str, Any]:
+    c = api_client()
+    url = c.configuration.host + path + (f"?{urlencode(query)}" if query else "")
+    headers = {"Accept": "application/json", "Content-Type": content_type}
+    c.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
+    r = c.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+    data = r.read()
+    if not 200 <= r.status < 300:
+        raise ApiException(status=r.status, reason=r.reason, http_resp=r)
+    return json.loads(data) if data else {}
+
+
+def get(kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    """The object, or None when it does not exist."""
+    try:
+        return _call("GET", _path(kind, namespace, name))
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def list_objects(
+    kind: str, namespace: str | None = None, labels: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    query = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
+    return _call("GET", _path(kind, namespace), query=query).get("items", [])
+
+
+def apply(obj: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply with our field manager (force: we own these objects)."""
+    meta = obj["metadata"]
+    query = {"fieldManager": FIELD_MANAGER, "force": "true"}
+    path = _path(obj["kind"], meta.get("namespace"), meta["name"])
+    return _call("PATCH", path, obj, query, "application/apply-patch+yaml")
+
+
+def create(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Create `obj`; when it exists already return the existing one. (object, created?)"""
+    meta = obj["metadata"]
+    try:
+        return _call("POST", _path(obj["kind"], meta.get("namespace")), obj), True
+    except ApiException as e:
+        if e.status != 409:
+            raise
+    existing = get(obj["kind"], meta.get("namespace"), meta["name"])
+    if existing is None:  # deleted between the two calls: let the next reconcile retry
+        raise ApiException(status=409, reason=f"{obj['kind']} {meta['name']} is being deleted")
+    return existing, False
+
+
+def merge_patch(
+    kind: str, namespace: str | None, name: str, patch: dict[str, Any], status: bool = False
+) -> dict[str, Any]:
+    path = _path(kind, namespace, name, "status" if status else "")
+    return _call("PATCH", path, patch, content_type="application/merge-patch+json")
+
+
+def json_patch(kind: str, namespace: str | None, name: str, ops: list[dict[str, Any]]) -> None:
+    _call("PATCH", _path(kind, namespace, name), ops, content_type="application/json-patch+json")
+
+
+def delete(kind: str, namespace: str | None, name: str, propagation: str = "Background") -> None:
+    try:
+        _call("DELETE", _path(kind, namespace, name), {"propagationPolicy": propagation})
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+
+def post_event(obj: dict[str, Any], type: str, reason: str, message: str) -> None:
+    """A core/v1 Event about one of our objects (what `kubectl describe` shows). Best effort."""
+    meta = obj["metadata"]
+    ns = meta.get("namespace") or "default"
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": ns},
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion"),
+            "kind": obj.get("kind"),
+            "name": meta["name"],
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "type": type,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": FIELD_MANAGER},
+        "reportingComponent": FIELD_MANAGER,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    try:
+        _call("POST", _path("Event", ns), event)
+    except ApiException as e:
+        log.warning("could not post event %s for %s/%s: %s", reason, ns, meta["name"], e.reason)

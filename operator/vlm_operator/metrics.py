@@ -1,0 +1,62 @@
+"""Prometheus metrics of the operator and the /metrics server.
+
+Exposed: `vlm_operator_trainerjobs{phase}` and `vlm_operator_checkpoints{phase}` (objects this
+operator has seen, by phase), `vlm_operator_reconcile_total{kind,result}`,
+`vlm_operator_reconcile_errors_total{kind}`, `vlm_operator_reconcile_seconds{kind}` (histogram),
+`vlm_operator_promotions_total{result}`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+RECONCILES = Counter("vlm_operator_reconcile", "Reconciles by kind and result", ["kind", "result"])
+ERRORS = Counter("vlm_operator_reconcile_errors", "Reconciles that raised", ["kind"])
+DURATION = Histogram("vlm_operator_reconcile_seconds", "Reconcile duration", ["kind"])
+PROMOTIONS = Counter("vlm_operator_promotions", "Finished promotions by result", ["result"])
+JOBS = Gauge("vlm_operator_trainerjobs", "TrainerJobs by phase", ["phase"])
+CHECKPOINTS = Gauge("vlm_operator_checkpoints", "Checkpoints by phase", ["phase"])
+
+_phases: dict[str, dict[str, str]] = {"TrainerJob": {}, "Checkpoint": {}}
+_lock = threading.Lock()
+
+
+def observe_phase(kind: str, key: str, phase: str | None) -> None:
+    """Record the phase of one object (None: deleted) and refresh the by-phase gauge."""
+    gauge = JOBS if kind == "TrainerJob" else CHECKPOINTS
+    with _lock:
+        seen = _phases[kind]
+        if phase is None:
+            seen.pop(key, None)
+        else:
+            seen[key] = phase
+        counts = Tally(seen.values())
+        for p in set(counts) | {lbl[0] for lbl in _labels(gauge)}:
+            gauge.labels(phase=p).set(counts.get(p, 0))
+
+
+def _labels(gauge: Gauge) -> list[tuple[str, ...]]:
+    return list(gauge._metrics)  # the label sets created so far
+
+
+@contextmanager
+def timed(kind: str) -> Iterator[None]:
+    t0 = time.perf_counter()
+    try:
+        yield
+    except Exception:
+        ERRORS.labels(kind=kind).inc()
+        raise
+    finally:
+        DURATION.labels(kind=kind).observe(time.perf_counter() - t0)
+
+
+def serve(port: int) -> None:
+    if port:
+        start_http_server(port)

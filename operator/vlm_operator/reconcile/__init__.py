@@ -1,0 +1,1 @@
+"""Reconcilers, one module per kind: read state, decide (pure), act through `kube`."""

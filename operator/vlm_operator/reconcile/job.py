@@ -1,0 +1,219 @@
+"""TrainerJob: admit against its shape, create its children, mirror the Job into status.
+
+Level-based: every call reads the current state and converges, so any trigger (the job's own
+events, its Job's or pods' events, a shape appearing, the resync timer) may call it any number of
+times. Children have fixed names and are server-side applied (or created once, for the Job,
+whose pod template is immutable), so a restarted operator creates no duplicates.
+
+The operator writes only `status` (never `spec`), and in status only what it owns: phase,
+conditions, times, attempts, shapeVersion. `progress` and `latestCheckpoint` are the trainer's.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from vlm_operator import kube, metrics
+from vlm_operator.api import ConditionType as C
+from vlm_operator.api import (
+    JobPhase,
+    Reason,
+    TrainerJob,
+    TrainingShape,
+    new_condition,
+    set_condition,
+)
+from vlm_operator.api.conditions import is_condition_true
+from vlm_operator.api.job import shape_violations
+from vlm_operator.builders.config import trainer_config, validate_for_trainer
+from vlm_operator.builders.job import trainer_workload
+from vlm_operator.builders.labels import JOB_LABEL, TASK_LABEL, without_status
+from vlm_operator.builders.rbac import trainer_rbac
+from vlm_operator.builders.storage import StorageMounts
+from vlm_operator.reconcile.job_status import derive_status
+from vlm_operator.reconcile.serial import serial
+from vlm_operator.settings import Settings
+
+log = logging.getLogger("vlm_operator.trainerjob")
+TERMINAL = (JobPhase.SUCCEEDED, JobPhase.FAILED)
+
+
+def _not_admitted(tj: dict[str, Any], reason: str, message: str, terminal: bool) -> dict[str, Any]:
+    gen = tj["metadata"].get("generation")
+    conds = (tj.get("status") or {}).get("conditions")
+    conds = set_condition(
+        conds, new_condition(C.ADMITTED, False, reason, message, observed_generation=gen)
+    )
+    status: dict[str, Any] = {"observedGeneration": gen, "phase": JobPhase.PENDING}
+    if terminal:
+        conds = set_condition(
+            conds, new_condition(C.FAILED, True, reason, message, observed_generation=gen)
+        )
+        status["phase"] = JobPhase.FAILED
+    status["conditions"] = conds
+    return status
+
+
+def admission(
+    tj: dict[str, Any], shape: dict[str, Any] | None, settings: Settings
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Pure: (status when the job cannot start, else None) and the children to create."""
+    spec_shape = tj["spec"]["shape"]
+    if shape is None:
+        return _not_admitted(
+            tj, Reason.SHAPE_NOT_FOUND, f"TrainingShape {spec_shape} not found", False
+        ), []
+    if not is_condition_true((shape.get("status") or {}).get("conditions"), C.READY):
+        return _not_admitted(
+            tj, Reason.SHAPE_NOT_READY, f"TrainingShape {spec_shape} is not Ready", False
+        ), []
+    try:
+        job = TrainerJob.model_validate(without_status(tj))
+        shp = TrainingShape.model_validate(without_status(shape))
+    except ValidationError as e:
+        return _not_admitted(tj, Reason.INVALID_SPEC, str(e), True), []
+    if problems := shape_violations(job.spec, shp.spec, spec_shape):
+        return _not_admitted(tj, Reason.INVALID_SPEC, "; ".join(problems), True), []
+    cfg = trainer_config(job, shp, settings.checkpoint_storage, StorageMounts())
+    if error := validate_for_trainer(str(job.spec.mode), cfg):
+        return _not_admitted(tj, Reason.INVALID_SPEC, f"trainer config: {error}", True), []
+    children = trainer_rbac(tj) + trainer_workload(
+        tj, shape, settings.checkpoint_storage, settings.trainer_image
+    )
+    return None, children
+
+
+def _patch_status(tj: dict[str, Any], status: dict[str, Any]) -> bool:
+    """Patch only when something changed (no churn, no resourceVersion bumps)."""
+    old = tj.get("status") or {}
+    if all(old.get(k) == v for k, v in status.items()):
+        return False
+    meta = tj["metadata"]
+    kube.merge_patch("TrainerJob", meta["namespace"], meta["name"], {"status": status}, status=True)
+    if status.get("phase") and status["phase"] != old.get("phase"):
+        failed = status["phase"] == JobPhase.FAILED
+        cond = next(
+            (
+                c
+                for c in status.get("conditions", [])
+                if c["type"] == (C.FAILED if failed else C.RUNNING)
+            ),
+            {},
+        )
+        log.info(
+            "TrainerJob %s/%s: phase %s -> %s",
+            meta["namespace"],
+            meta["name"],
+            old.get("phase"),
+            status["phase"],
+        )
+        kube.post_event(
+            tj,
+            "Warning" if failed else "Normal",
+            cond.get("reason") or str(status["phase"]),
+            cond.get("message") or f"phase {status['phase']}",
+        )
+    return True
+
+
+def reconcile_job(namespace: str, name: str, settings: Settings) -> list[tuple[str, str]]:
+    """Reconcile one TrainerJob; returns the Checkpoints to reconcile next (when it has just
+    succeeded with `promote`, its final checkpoint is to be promoted)."""
+    key = f"{namespace}/{name}"
+    with serial(key), metrics.timed("TrainerJob"):
+        tj = kube.get("TrainerJob", namespace, name)
+        if tj is None or tj["metadata"].get("deletionTimestamp"):
+            metrics.observe_phase("TrainerJob", key, None)
+            return []
+        result = _reconcile(tj, settings)
+        metrics.RECONCILES.labels(kind="TrainerJob", result=result).inc()
+        if result != "succeeded" or not tj["spec"].get("promote"):
+            return []
+        return [
+            (namespace, c["metadata"]["name"])
+            for c in kube.list_objects("Checkpoint", namespace)
+            if c["spec"].get("trainerJob") == name and c["spec"].get("final")
+        ]
+
+
+def _reconcile(tj: dict[str, Any], settings: Settings) -> str:
+    meta, spec = tj["metadata"], tj["spec"]
+    ns, name = meta["namespace"], meta["name"]
+    status = tj.get("status") or {}
+    metrics.observe_phase("TrainerJob", f"{ns}/{name}", status.get("phase"))
+    job = kube.get("Job", ns, name)
+    if status.get("phase") in TERMINAL and (
+        job is None or status.get("observedGeneration") == meta.get("generation")
+    ):
+        return "terminal"  # nothing to do; a TTL-deleted Job is not re-created
+    if job is None:
+        if status.get("startTime"):
+            # It ran before, so the Job was deleted from outside: say so instead of re-running.
+            msg = "the batch/v1 Job was deleted while the TrainerJob was running"
+            _patch_status(tj, _not_admitted(tj, Reason.JOB_DELETED, msg, True))
+            return "job-deleted"
+        shape = kube.get("TrainingShape", None, spec["shape"])
+        blocked, children = admission(tj, shape, settings)
+        if blocked is not None:
+            _patch_status(tj, blocked)
+            return "blocked"
+        for obj in children[:-1]:
+            kube.apply(obj)
+        job, created = kube.create(children[-1])
+        gen = meta.get("generation")
+        conds = set_condition(
+            status.get("conditions"),
+            new_condition(
+                C.ADMITTED,
+                True,
+                Reason.SHAPE_RESOLVED,
+                f"TrainingShape {spec['shape']} version {shape['status']['version']}",
+                observed_generation=gen,
+            ),
+        )
+        conds = set_condition(
+            conds,
+            new_condition(
+                C.RUNNING, False, Reason.JOB_CREATED, f"Job {name} created", observed_generation=gen
+            ),
+        )
+        _patch_status(
+            tj,
+            {
+                "observedGeneration": gen,
+                "phase": JobPhase.PENDING,
+                "shapeVersion": shape["status"]["version"],
+                "conditions": conds,
+            },
+        )
+        if created:
+            kube.post_event(
+                tj, "Normal", Reason.JOB_CREATED, f"created Job {name} on shape {spec['shape']}"
+            )
+        return "created"
+    _sync_suspend(tj, job)
+    pods = kube.list_objects("Pod", ns, {JOB_LABEL: name, TASK_LABEL: "train"})
+    tj["status"] = status
+    new = derive_status(tj, job, pods)
+    changed = _patch_status(tj, new)
+    return "succeeded" if changed and new.get("phase") == JobPhase.SUCCEEDED else "synced"
+
+
+def _sync_suspend(tj: dict[str, Any], job: dict[str, Any]) -> None:
+    """spec.suspend drives the Job's; with Kueue (queueName) only suspending is ours to do."""
+    want = bool(tj["spec"].get("suspend"))
+    have = bool(job.get("spec", {}).get("suspend"))
+    if want == have or (not want and tj["spec"].get("queueName")):
+        return
+    meta = tj["metadata"]
+    kube.merge_patch("Job", meta["namespace"], meta["name"], {"spec": {"suspend": want}})
+    job["spec"]["suspend"] = want
+    kube.post_event(
+        tj,
+        "Normal",
+        Reason.SUSPENDED if want else Reason.RESUMED,
+        "Job suspended; pods stopped" if want else "Job resumed",
+    )

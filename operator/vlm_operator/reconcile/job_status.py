@@ -1,0 +1,154 @@
+"""TrainerJob status from what the cluster shows: a pure function of the batch Job and its pods.
+
+Phases: Pending (admitted, pods not running yet, or waiting for a shape), Running, Suspended,
+Succeeded, Failed. Conditions: Admitted, Running, Succeeded, Failed, Suspended, each with a reason
+from `api.conditions.Reason`. Failure reasons: `DataInvalid` (trainer exit code 65),
+`InvalidSpec` (exit code 78, the trainer refused its config), `DeadlineExceeded`,
+`BackoffLimitExceeded`, otherwise `TrainerFailed`; the message carries the exit code and the
+container's termination message, so `kubectl describe tj` says what went wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlm_operator.api import ConditionType as C
+from vlm_operator.api import JobPhase, Reason, new_condition, set_condition
+from vlm_operator.builders.job import CONTAINER, EXIT_CONFIG_INVALID, EXIT_DATA_INVALID
+
+MAX_MESSAGE = 2000
+
+
+def _job_condition(job: dict[str, Any], type: str) -> dict[str, Any] | None:
+    for c in (job.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type and c.get("status") == "True":
+            return c
+    return None
+
+
+def _terminated(pod: dict[str, Any], container: str) -> dict[str, Any] | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == container and "terminated" in (cs.get("state") or {}):
+            return cs["state"]["terminated"]
+    return None
+
+
+def last_failure(pods: list[dict[str, Any]], container: str = CONTAINER) -> tuple[int | None, str]:
+    """Exit code and termination message of the most recently finished failed pod."""
+    failed = [
+        (p, t) for p in pods if (t := _terminated(p, container)) and t.get("exitCode", 0) != 0
+    ]
+    if not failed:
+        return None, ""
+    _, term = max(failed, key=lambda pt: pt[1].get("finishedAt") or "")
+    return term.get("exitCode"), (term.get("message") or term.get("reason") or "").strip()
+
+
+def failure_reason(job_reason: str | None, exit_code: int | None) -> str:
+    if exit_code == EXIT_DATA_INVALID:
+        return Reason.DATA_INVALID
+    if exit_code == EXIT_CONFIG_INVALID:
+        return Reason.INVALID_SPEC
+    if job_reason == "DeadlineExceeded":
+        return Reason.DEADLINE_EXCEEDED
+    if job_reason == "BackoffLimitExceeded":
+        return Reason.BACKOFF_LIMIT_EXCEEDED
+    return Reason.TRAINER_FAILED
+
+
+def _failure_message(exit_code: int | None, message: str, job_message: str) -> str:
+    parts = []
+    if exit_code is not None:
+        parts.append(f"trainer exited with code {exit_code}")
+    if message:
+        parts.append(message)
+    elif job_message:
+        parts.append(job_message)
+    return ": ".join(parts)[:MAX_MESSAGE] or "the trainer failed"
+
+
+def pending_message(pods: list[dict[str, Any]]) -> str:
+    """Why pods are not running yet: the scheduler's or the kubelet's word."""
+    for p in pods:
+        pod, st = p["metadata"]["name"], p.get("status") or {}
+        for c in st.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                return f"pod {pod}: {c.get('message') or c.get('reason')}"
+        for cs in st.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting")
+            if waiting and waiting.get("reason") not in (None, "ContainerCreating"):
+                return f"pod {pod}: {waiting['reason']}: {waiting.get('message', '')}"
+    return "waiting for trainer pods to start"
+
+
+def derive_status(
+    tj: dict[str, Any], job: dict[str, Any], pods: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The status fields the operator owns (not progress/latestCheckpoint, which the trainer
+    writes), given the current TrainerJob, its batch Job and that Job's pods."""
+    gen = tj["metadata"].get("generation")
+    old = tj.get("status") or {}
+    conds = old.get("conditions") or []
+    js = job.get("status") or {}
+
+    def cond(type: str, status: bool, reason: str, message: str = "") -> None:
+        nonlocal conds
+        conds = set_condition(
+            conds, new_condition(type, status, reason, message, observed_generation=gen)
+        )
+
+    active, failed, succeeded = js.get("active", 0), js.get("failed", 0), js.get("succeeded", 0)
+    out: dict[str, Any] = {"observedGeneration": gen, "attempts": active + failed + succeeded}
+    if js.get("startTime"):
+        out["startTime"] = old.get("startTime") or js["startTime"]
+    cond(C.ADMITTED, True, Reason.SHAPE_RESOLVED, f"shape version {old.get('shapeVersion', '?')}")
+    queued = bool(tj["spec"].get("queueName")) and not tj["spec"].get("suspend")
+
+    if done := _job_condition(job, "Complete"):
+        out["phase"] = JobPhase.SUCCEEDED
+        out["completionTime"] = js.get("completionTime") or done.get("lastTransitionTime")
+        cond(C.SUCCEEDED, True, Reason.COMPLETED, "training finished; final checkpoint written")
+        cond(C.RUNNING, False, Reason.COMPLETED)
+        cond(C.FAILED, False, Reason.COMPLETED)
+    elif fail := _job_condition(job, "Failed"):
+        code, message = last_failure(pods)
+        reason = failure_reason(fail.get("reason"), code)
+        out["phase"] = JobPhase.FAILED
+        out["completionTime"] = fail.get("lastTransitionTime")
+        cond(C.FAILED, True, reason, _failure_message(code, message, fail.get("message", "")))
+        cond(C.RUNNING, False, reason)
+        cond(C.SUCCEEDED, False, reason)
+    elif job.get("spec", {}).get("suspend"):
+        out["phase"] = JobPhase.SUSPENDED if not queued else JobPhase.PENDING
+        if queued:
+            cond(
+                C.ADMITTED,
+                False,
+                Reason.QUEUED,
+                f"waiting in Kueue queue {tj['spec']['queueName']}",
+            )
+            cond(C.SUSPENDED, False, Reason.QUEUED)
+        else:
+            cond(C.SUSPENDED, True, Reason.SUSPENDED, "spec.suspend is true; pods stopped")
+        cond(C.RUNNING, False, Reason.SUSPENDED if not queued else Reason.QUEUED)
+    else:
+        if any(c["type"] == C.SUSPENDED and c["status"] == "True" for c in conds):
+            cond(C.SUSPENDED, False, Reason.RESUMED, "resumed from the latest checkpoint")
+        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        if running:
+            out["phase"] = JobPhase.RUNNING
+            if failed:
+                code, message = last_failure(pods)
+                cond(
+                    C.RUNNING,
+                    True,
+                    Reason.RETRYING,
+                    f"attempt {failed + 1}; last failure: {_failure_message(code, message, '')}",
+                )
+            else:
+                cond(C.RUNNING, True, Reason.TRAINING, f"{len(running)} trainer pod(s) running")
+        else:
+            out["phase"] = JobPhase.PENDING
+            cond(C.RUNNING, False, Reason.PODS_PENDING, pending_message(pods))
+    out["conditions"] = conds
+    return out

@@ -1,0 +1,163 @@
+"""Progress and checkpoints reported to Kubernetes, from inside a TrainerJob pod.
+
+Active only when the operator's environment is present (`VLM_TRAINERJOB_NAME`,
+`VLM_TRAINERJOB_NAMESPACE`, `KUBERNETES_SERVICE_HOST`) and only on rank 0; outside Kubernetes
+nothing here runs and no cluster is needed. It uses the pod's service-account token, whose Role
+(made by the operator) allows exactly: patch this TrainerJob's status, create Checkpoints.
+
+- `status.progress` (step, totalSteps, percent, epoch, loss, tokensPerSecond, etaSeconds,
+  updatedAt), at most once every `VLM_PROGRESS_INTERVAL` seconds (default 5) plus at start/end;
+- one Checkpoint per saved snapshot, named `<job>-<step-000050|final>`, owned by the TrainerJob,
+  with `status.latestCheckpoint` pointing at it. A Checkpoint that exists already (a resumed run
+  saving the same step again) is left as it is.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+GROUP, VERSION = "vlmtrain.dev", "v1alpha1"
+JOB_LABEL = "vlmtrain.dev/trainer-job"
+
+
+def enabled() -> bool:
+    env = os.environ
+    rank0 = env.get("RANK", "0") == "0"
+    return rank0 and all(
+        env.get(k)
+        for k in ("VLM_TRAINERJOB_NAME", "VLM_TRAINERJOB_NAMESPACE", "KUBERNETES_SERVICE_HOST")
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _finite(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+class KubernetesReporter:
+    """A `report.Reporter` that writes to the TrainerJob and creates Checkpoints."""
+
+    def __init__(self) -> None:
+        from kubernetes import client, config
+
+        config.load_incluster_config()
+        self.api = client.CustomObjectsApi()
+        env = os.environ
+        self.name, self.ns = env["VLM_TRAINERJOB_NAME"], env["VLM_TRAINERJOB_NAMESPACE"]
+        self.uid = env.get("VLM_TRAINERJOB_UID")
+        self.checkpoint_uri = env.get("VLM_CHECKPOINT_URI", "").rstrip("/")
+        self.base_model = env.get("VLM_BASE_MODEL", "")
+        self.interval = float(env.get("VLM_PROGRESS_INTERVAL", "5"))
+        self.total_steps = 0
+        self.last_sent = 0.0
+        self.started = time.monotonic()
+        self.first_step: int | None = None
+
+    def _patch_status(self, status: dict[str, Any]) -> None:
+        self.api.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            self.ns,
+            "trainerjobs",
+            self.name,
+            {"status": status},
+            _content_type="application/merge-patch+json",
+        )
+
+    def _progress(self, step: int, m: dict[str, Any]) -> dict[str, Any]:
+        p: dict[str, Any] = {"step": step, "updatedAt": _now()}
+        if self.total_steps:
+            p["totalSteps"] = self.total_steps
+            p["percent"] = min(100, int(100 * step / self.total_steps))
+            if self.first_step is not None and step > self.first_step:
+                per_step = (time.monotonic() - self.started) / (step - self.first_step)
+                p["etaSeconds"] = max(0, int(per_step * (self.total_steps - step)))
+        for key, api_key in (
+            ("epoch", "epoch"),
+            ("loss", "loss"),
+            ("tokens_per_second", "tokensPerSecond"),
+        ):
+            if (v := _finite(m.get(key))) is not None:
+                p[api_key] = round(v, 6)
+        return p
+
+    # -- Reporter events ----------------------------------------------------------------------
+    def on_start(self, info: dict[str, Any]) -> None:
+        self.total_steps = int(info.get("total_steps") or 0)
+        step = int(info.get("resumed_step") or 0)
+        self.first_step, self.started = step, time.monotonic()
+        self._patch_status({"progress": self._progress(step, {})})
+        self.last_sent = time.monotonic()
+
+    def on_step(self, metrics: dict[str, Any]) -> None:
+        step = int(metrics.get("step", 0))
+        if time.monotonic() - self.last_sent < self.interval and step < self.total_steps:
+            return
+        self._patch_status({"progress": self._progress(step, metrics)})
+        self.last_sent = time.monotonic()
+
+    def on_eval(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def on_checkpoint(self, path: Path, step: int, manifest: dict[str, Any]) -> None:
+        from kubernetes.client.rest import ApiException
+
+        ckpt = f"{self.name}-{path.name}"
+        metrics = {
+            k: round(v, 6)
+            for k, val in (manifest.get("metrics") or {}).items()
+            if (v := _finite(val)) is not None
+        }
+        body: dict[str, Any] = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Checkpoint",
+            "metadata": {"name": ckpt, "namespace": self.ns, "labels": {JOB_LABEL: self.name}},
+            "spec": {
+                "trainerJob": self.name,
+                "step": step,
+                "final": path.name == "final",
+                "uri": f"{self.checkpoint_uri}/{path.name}",
+                "type": manifest.get("type", "full"),
+                "baseModel": self.base_model or manifest.get("base_model", ""),
+                **({"metrics": dict(list(metrics.items())[:32])} if metrics else {}),
+            },
+        }
+        if self.uid:
+            body["metadata"]["ownerReferences"] = [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "TrainerJob",
+                    "name": self.name,
+                    "uid": self.uid,
+                    "controller": False,
+                    "blockOwnerDeletion": False,
+                }
+            ]
+        try:
+            self.api.create_namespaced_custom_object(GROUP, VERSION, self.ns, "checkpoints", body)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        self._patch_status({"latestCheckpoint": ckpt, "progress": self._progress(step, {})})
+
+    def on_done(self, summary: dict[str, Any]) -> None:
+        step = int(summary.get("step") or self.total_steps)
+        self._patch_status({"progress": self._progress(step, summary)})
+
+    def on_error(self, message: str) -> None:
+        print(
+            f"trainer error reported in the termination message: {message[:200]}", file=sys.stderr
+        )
