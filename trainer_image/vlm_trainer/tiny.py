@@ -158,6 +158,9 @@ def build_model(tokenizer, seed: int = 0):
 
 def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     """Build and save the tiny model, tokenizer and processor into ``out_dir``."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # no "Writing model shards" bar in test and demo logs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
