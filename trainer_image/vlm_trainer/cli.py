@@ -7,7 +7,9 @@ Subcommands::
     vlm-trainer validate-data FILE [--mode sft|dpo|rl]    list bad lines, or summarise the file
     vlm-trainer make-tiny-model DIR                       offline tiny Qwen3-VL for tests/demo
     vlm-trainer make-demo-data DIR                        synthetic SFT/DPO/RL image datasets
-    vlm-trainer dpo | rl | promote                        reserved (DPO/RL and operator issues)
+    vlm-trainer verify-checkpoint DIR                     re-hash a checkpoint (operator Job)
+    vlm-trainer promote --checkpoint DIR --output DIR     standalone HF model (operator Job)
+    vlm-trainer dpo | rl                                  reserved (the DPO/RL issue)
 
 ``--config`` defaults to ``/etc/vlm-trainer/config.yaml`` (where the operator mounts it) when
 that file exists. Exit codes: 0 success, 1 invalid data (every bad line is printed, one per
@@ -138,8 +140,50 @@ def cmd_make_demo_data(args) -> int:
     return EXIT_OK
 
 
+def cmd_verify_checkpoint(args) -> int:
+    from .promote import PromotionError, verify_checkpoint
+
+    try:
+        info = verify_checkpoint(Path(args.dir))
+    except PromotionError as e:
+        _termination_message(str(e))
+        print(e, file=sys.stderr)
+        return EXIT_FAILED
+    text = json.dumps(info)
+    _termination_message(text)
+    print(text)
+    return EXIT_OK
+
+
+def cmd_promote(args) -> int:
+    from .model import quiet_transformers
+    from .promote import promote
+
+    quiet_transformers()
+    result = promote(Path(args.checkpoint), Path(args.output), args.base_model)
+    text = json.dumps(result)
+    _termination_message(text)
+    print(text)
+    return EXIT_OK
+
+
+def _termination_message(text: str) -> None:
+    """Kubernetes shows the container's termination message in the pod status. Written only
+    inside a pod (where the kubelet created the file) or where ``VLM_TERMINATION_LOG`` says."""
+    path = os.environ.get("VLM_TERMINATION_LOG")
+    if path is None:
+        path = "/dev/termination-log"
+        if not (os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(path)):
+            return
+    try:
+        with open(path, "w") as f:
+            f.write(text[:4000])
+    except OSError:  # not in a pod
+        pass
+
+
 def cmd_reserved(args) -> int:
-    where = {"dpo": "the DPO/RL issue", "rl": "the DPO/RL issue", "promote": "the operator issue"}
+    where = {"dpo": "the DPO/RL issue", "rl": "the DPO/RL issue"}
     print(
         f"vlm-trainer {args.command}: not implemented yet ({where[args.command]})", file=sys.stderr
     )
@@ -159,11 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
     s.set_defaults(func=cmd_sft)
 
-    # DPO and RL take the same arguments as sft; promote is the operator's short Job.
-    for name in ("dpo", "rl", "promote"):
+    # DPO and RL will take the same arguments as sft (issue 5).
+    for name in ("dpo", "rl"):
         r = sub.add_parser(name, help="reserved: not implemented yet")
         r.add_argument("rest", nargs=argparse.REMAINDER)
         r.set_defaults(func=cmd_reserved)
+
+    # The operator's short Jobs on a Checkpoint (promote.py).
+    vc = sub.add_parser("verify-checkpoint", help="re-hash a checkpoint against its manifest")
+    vc.add_argument("dir")
+    vc.set_defaults(func=cmd_verify_checkpoint)
+    pr = sub.add_parser("promote", help="write a standalone HF model from a checkpoint")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--output", required=True)
+    pr.add_argument("--base-model", default=None, help="base of a LoRA checkpoint")
+    pr.set_defaults(func=cmd_promote)
 
     e = sub.add_parser("eval", help="greedy exact-match accuracy on an SFT-format file")
     e.add_argument("--model", required=True, help="model or checkpoint directory")

@@ -125,9 +125,15 @@ class MultiReporter:
 
 
 def build_reporter(log_dir: Path) -> MultiReporter:
-    """The reporters for this process. Inside a TrainerJob pod the operator's Kubernetes
-    reporter will be appended here (decided from its environment variables)."""
+    """The reporters for this process: always the local one; inside a TrainerJob pod (the
+    operator's environment variables, rank 0) also ``kube_report.KubernetesReporter``."""
     reporters: list[Reporter] = [LocalReporter(log_dir)]
+    try:
+        from . import kube_report
+    except ImportError:  # a trainer built without the operator's reporter
+        kube_report = None
+    if kube_report is not None and kube_report.enabled():
+        reporters.append(kube_report.KubernetesReporter())
     return MultiReporter(reporters)
 
 
