@@ -23,6 +23,7 @@ Assumed and guaranteed:
 from __future__ import annotations
 
 import math
+import os
 import random
 import sys
 import time
@@ -81,6 +82,12 @@ class SFTRecipe:
     # ---------------------------------------------------------------------------------- setup
     def setup(self) -> bool:
         cfg = self.cfg
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Every rank would train alone and write the same checkpoints: refuse clearly.
+            raise ConfigError(
+                "distributed (torchrun, WORLD_SIZE > 1) training is not supported "
+                "yet: run one process with one device"
+            )
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         quiet_transformers()
