@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.cluster.launcher import free_port
 from tests.cluster.local import LocalCluster
 from tests.unit.chart import ALL_ON, CHART, find, one, template, values_file
 from tests.unit.test_chart_rbac import OPERATOR, PEERING, PER_JOB_ROLE
@@ -155,10 +156,16 @@ def test_dry_run_reports_an_invalid_shape_from_values(
 def release(
     chart_crds: LocalCluster, namespace: str, helm_env: dict[str, str], tmp_path: Path
 ) -> Iterator[dict[str, Any]]:
-    """An installed release watching only its own namespace, with one shape from values."""
+    """An installed release watching only its own namespace, with one shape from values.
+
+    All pods of the local cluster share the host's network, so the operator's ports are free
+    ones: once the pod runner starts the operator image, it must not collide with another
+    operator listening on 8080/9090."""
     name = f"rel-{namespace}"
+    ports = {"health": free_port(), "metrics": free_port()}
     values = {
         "watchNamespaces": [namespace],
+        "ports": ports,
         "shapes": [
             {
                 "name": f"shape-{namespace}",
@@ -178,6 +185,7 @@ def release(
         "fullname": f"{name}-vlm-trainer-operator",
         "shape": f"shape-{namespace}",
         "values": path,
+        "ports": ports,
     }
     yield info
     run_helm(chart_crds, helm_env, "uninstall", name, "-n", namespace, check=False)
@@ -227,6 +235,9 @@ def test_install_upgrade_uninstall(
     assert container_env(deployment)["VLM_LOG_FORMAT"] == "json"
     (c,) = deployment["spec"]["template"]["spec"]["containers"]
     assert c["args"][:2] == [f"--namespace={ns}", "--standalone"]
+    health, metrics = release["ports"]["health"], release["ports"]["metrics"]
+    assert f"--liveness=http://0.0.0.0:{health}/healthz" in c["args"]
+    assert f"--metrics-port={metrics}" in c["args"]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == full
     assert get(cluster, "serviceaccount", full, "-n", ns) is not None
@@ -241,6 +252,7 @@ def test_install_upgrade_uninstall(
     # upgrade: changed values reach the objects.
     upgraded = {
         "watchNamespaces": [ns],
+        "ports": release["ports"],
         "logFormat": "text",
         "storage": {"checkpoints": "pvc://other-claim/ckpt"},
         "replicaCount": 2,

@@ -30,6 +30,7 @@ ALL_ON: dict[str, Any] = {
     "watchNamespaces": ["team-a", "team-b"],
     "replicaCount": 2,
     "peering": {"name": "vlm-peering"},
+    "ports": {"health": 18080, "metrics": 19090},
     "extraArgs": ["--verbose"],
     "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
     "serviceAccount": {"name": "vlm-op", "annotations": {"example.com/role": "trainer"}},

@@ -135,6 +135,7 @@ def test_defaults_follow_the_operator_contract(defaults: list[dict[str, Any]]) -
         "--all-namespaces",
         "--standalone",
         "--liveness=http://0.0.0.0:8080/healthz",
+        "--metrics-port=9090",
     ]
     assert env_of(c) == {
         "VLM_TRAINER_IMAGE": f"vlmtrain/vlm-trainer:{APP_VERSION}",
@@ -159,9 +160,15 @@ def test_all_on_values_reach_the_container(all_on: list[dict[str, Any]]) -> None
         "--namespace=team-a",
         "--namespace=team-b",
         "--peering=vlm-peering",
-        "--liveness=http://0.0.0.0:8080/healthz",
+        "--liveness=http://0.0.0.0:18080/healthz",
+        "--metrics-port=19090",
         "--verbose",
     ]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
+        "health": 18080,
+        "metrics": 19090,
+    }
+    assert c["livenessProbe"]["httpGet"]["port"] == "health"
     env = env_of(c)
     assert env["VLM_TRAINER_IMAGE"] == "vlmtrain/vlm-trainer:0.1.0-cuda"
     assert env["VLM_CHECKPOINT_STORAGE"] == "pvc://ckpt/team-a"
@@ -229,7 +236,8 @@ def test_pod_is_hardened(which: str, request: pytest.FixtureRequest) -> None:
     for probe in ("livenessProbe", "readinessProbe"):
         get = c[probe]["httpGet"]
         assert get["path"] == "/healthz"
-        assert ports[get["port"]] == 8080
+        assert get["port"] == "health"
+        assert ports[get["port"]] == (18080 if which == "all_on" else 8080)
 
 
 def test_security_context_is_not_configurable_away(tmp_path: Path) -> None:
@@ -325,6 +333,7 @@ BAD_VALUES = [
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
     ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
     ({"metrics": {"service": {"port": 70000}}}, "/metrics/service/port"),
+    ({"ports": {"health": 0}}, "/ports/health"),
     ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor/interval"),
     ({"shapes": [{"name": "no-spec"}]}, "/shapes/0"),
     (

@@ -77,10 +77,6 @@ Usage: include "vlm.image" (dict "image" .Values.image "root" .)
 {{- end }}
 {{- end }}
 
-{{/* Ports the operator serves on; fixed by the operator (kopf --liveness, metrics server). */}}
-{{- define "vlm.healthPort" -}}8080{{- end }}
-{{- define "vlm.metricsPort" -}}9090{{- end }}
-
 {{/* For NOTES: the claim a pvc:// location needs, e.g. ' -> PersistentVolumeClaim "x"'. */}}
 {{- define "vlm.claimNote" -}}
 {{- if hasPrefix "pvc://" . }}
