@@ -20,15 +20,17 @@ import sys
 from pathlib import Path
 
 
-def _bind(source: str, target: str, read_only: bool) -> None:
+def _bind(fd: int, is_dir: bool, target: str, read_only: bool) -> None:
     t = Path(target)
-    if Path(source).is_dir():
+    if is_dir:
         t.mkdir(parents=True, exist_ok=True)
     else:
         t.parent.mkdir(parents=True, exist_ok=True)
         if not t.exists():
             t.touch()
-    subprocess.run(["mount", "--bind", source, target], check=True)
+    # The source is named through an fd opened before any mount: a volume mounted at /tmp
+    # would otherwise hide sources that live under /tmp (the runner's state folder often does).
+    subprocess.run(["mount", "--bind", f"/proc/self/fd/{fd}", target], check=True, pass_fds=(fd,))
     if read_only:
         subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True)
 
@@ -37,8 +39,12 @@ def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     # Mounts made in this namespace must not leak to the host (some hosts default to shared).
     subprocess.run(["mount", "--make-rprivate", "/"], check=True)
-    for m in spec["mounts"]:
-        _bind(m["source"], m["target"], m["read_only"])
+    opened = [
+        (os.open(m["source"], os.O_PATH), Path(m["source"]).is_dir(), m) for m in spec["mounts"]
+    ]
+    for fd, is_dir, m in opened:
+        _bind(fd, is_dir, m["target"], m["read_only"])
+        os.close(fd)
     cwd = spec.get("cwd") or "/"
     Path(cwd).mkdir(parents=True, exist_ok=True)
     os.chdir(cwd)

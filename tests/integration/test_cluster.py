@@ -245,13 +245,21 @@ def test_pod_reads_configmap_and_uses_its_service_account(
         "spec": {
             "serviceAccountName": "reader",
             "restartPolicy": "Never",
-            "volumes": [{"name": "cfg", "configMap": {"name": "demo"}}],
+            # An emptyDir at /tmp comes first: it must not hide the other volumes' sources,
+            # which the runner keeps under its state folder (often itself under /tmp).
+            "volumes": [
+                {"name": "tmp", "emptyDir": {}},
+                {"name": "cfg", "configMap": {"name": "demo"}},
+            ],
             "containers": [
                 {
                     "name": "m",
                     "image": "python",
                     "command": ["python", "-c", IN_POD],
-                    "volumeMounts": [{"name": "cfg", "mountPath": "/etc/demo", "readOnly": True}],
+                    "volumeMounts": [
+                        {"name": "tmp", "mountPath": "/tmp"},
+                        {"name": "cfg", "mountPath": "/etc/demo", "readOnly": True},
+                    ],
                     "env": [
                         {
                             "name": "POD_NAME",
