@@ -33,6 +33,14 @@ def peak_rss_mb(argv: list[str]) -> float:
     return round(usage.ru_maxrss / 1024, 1)
 
 
+def build_tiny_model(out: Path) -> Path:
+    """Built in a child process, as a user would: building it here (BPE training, model init)
+    was seen to slow down what this process measures afterwards."""
+    cmd = [sys.executable, "-m", "vlm_trainer.cli", "make-tiny-model", str(out)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=200)
@@ -42,10 +50,9 @@ def main() -> None:
 
     import yaml
     from trainer_data_pipeline import write_dataset
-    from vlm_trainer.tiny import make_tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-mem-"))
-    model = make_tiny_model(tmp / "tiny")
+    model = build_tiny_model(tmp / "tiny")
     small, big = tmp / "x1.jsonl", tmp / "x10.jsonl"
     write_dataset(small, args.records)
     lines = small.read_bytes()
