@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     kopf.run(
         standalone=not a.peering,
         peering_name=a.peering,
+        # kopf pauses every peer when two share a priority; a random one per process means
+        # exactly one replica is active and the others wait.
+        priority=random.randint(1, 2**30) if a.peering else 0,
         clusterwide=not a.namespace,
         namespaces=a.namespace,
         liveness_endpoint=a.liveness or None,

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tests.cluster.launcher import REPO, ControlPlane, spawn, start_control_plane, stop_process
 
-TRAINER_IMAGE_GLOB = "*vlm-trainer*"
+TRAINER_IMAGE_GLOB = "*vlm-trainer*"  # images the pod runner runs as the project's own CLIs
+OPERATOR_IMAGE_GLOB = "*vlm-operator*"
 
 
 @dataclass
@@ -118,6 +119,8 @@ def start_pod_runner(kubeconfig: Path, state_dir: Path, nodes: int, gpus: int) -
         str(gpus),
         "--entrypoint",
         f"{TRAINER_IMAGE_GLOB}=vlm-trainer",
+        "--entrypoint",
+        f"{OPERATOR_IMAGE_GLOB}=vlm-operator",
         "--path-prefix",
         venv_bin,
     ]
