@@ -181,3 +181,48 @@ def test_truncation_leaving_no_answer_is_refused(tiny_processor):
     first_answer = int(full.weights.nonzero()[0])
     with pytest.raises(SkipRecord, match="no assistant token"):
         Renderer(tiny_processor, max_seq_len=first_answer).render(conversation(TWO_IMAGES))
+
+
+# -- other templates ------------------------------------------------------------------------------
+
+# Qwen2-VL style: a default system prompt when the chat has none, and the end-of-turn token
+# emitted inside each content branch (written for this test).
+QWEN2_STYLE = (
+    "{% for m in messages %}"
+    "{% if loop.first and m['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}<|im_end|>\n"
+    "{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif 'text' in c %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def with_template(processor, template):
+    import copy
+
+    p = copy.deepcopy(processor)
+    p.chat_template = template
+    return p
+
+
+def test_a_template_with_a_default_system_prompt(tiny_processor):
+    proc = with_template(tiny_processor, QWEN2_STYLE)
+    conv = conversation(TWO_IMAGES)
+    r = Renderer(proc).render(conv)
+    tok = tiny_processor.tokenizer
+    text = tok.decode(r.input_ids)
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+    assert tok.decode(r.input_ids[r.weights == 1]) == "red<|im_end|>blue<|im_end|>"
+
+
+def test_templates_that_rewrite_earlier_turns_are_refused(tiny_processor):
+    # Renders only the last assistant turn's text: prefixes change as the chat grows.
+    last_only = "{% if loop.last %}{{ m['content'] }}{% endif %}<|im_end|>"
+    template = QWEN2_STYLE.replace("{{ m['content'] }}<|im_end|>", last_only)
+    with pytest.raises(RenderError, match="not prefix-stable at message 1"):
+        Renderer(with_template(tiny_processor, template)).render(conversation(TWO_IMAGES))
