@@ -128,8 +128,7 @@ def test_operator_restart_mid_run_and_reapply_change_nothing(
         "steady-final",
         "steady-step-000004",
         "steady-step-000008",
-        "steady-step-000012",
-    ]
+    ]  # step 12 is the last: the trainer saves it once, as `final`
     assert trainer_pods(cluster, ns, "steady") and len(trainer_pods(cluster, ns, "steady")) == 1
 
     before = get(cluster, "tj", "steady", "-n", ns)["metadata"]

@@ -64,7 +64,12 @@ def _failure_message(exit_code: int | None, message: str, job_message: str) -> s
         parts.append(message)
     elif job_message:
         parts.append(job_message)
-    return ": ".join(parts)[:MAX_MESSAGE] or "the trainer failed"
+    text = ": ".join(parts) or "the trainer failed"
+    # The end of a long message (a traceback's last line) says the most: keep the tail.
+    if len(text) <= MAX_MESSAGE:
+        return text
+    head = f"trainer exited with code {exit_code}: " if exit_code is not None else ""
+    return f"{head}...{text[-(MAX_MESSAGE - 80) :]}"
 
 
 def pending_message(pods: list[dict[str, Any]]) -> str:
