@@ -41,13 +41,13 @@ def reference_loss(model, micro) -> float:
 def test_step_loss_equals_reference(tmp_path, tiny_model, demo_data):
     recipe = sft.SFTRecipe(make_cfg(tmp_path, tiny_model, demo_data))
     assert recipe.setup()
-    micro = recipe._next_batches(recipe.stream.samples(0))
+    micro = recipe.next_batches(recipe.stream.samples(0))
     assert len(micro) == 2 and [b["input_ids"].shape[0] for b in micro] == [3, 3]
     # The micro-batches hold different numbers of target tokens, so a mean of per-batch
     # means would differ from the token mean the recipe promises.
     assert len({float(b["weights"][:, 1:].sum()) for b in micro}) == 2
     ref = reference_loss(recipe.model, micro)
-    metrics = recipe._optimizer_step(micro, time.perf_counter())
+    metrics = recipe.train_step(micro, time.perf_counter())
     assert math.isfinite(ref) and abs(metrics["loss"] - ref) < 1e-6, (metrics["loss"], ref)
     assert metrics["target_tokens"] == sum(int(b["weights"][:, 1:].sum()) for b in micro)
 

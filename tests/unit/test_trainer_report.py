@@ -50,6 +50,8 @@ def test_resume_drops_metrics_of_lost_steps(tmp_path):
         f.write('{"event": "train", "step": 6, "lo')  # a line cut by SIGKILL
     LocalReporter(tmp_path, stream=io.StringIO(), tty=False).on_start({"resumed_step": 3})
     assert [m["step"] for m in lines(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    LocalReporter(tmp_path, stream=io.StringIO(), tty=False).on_start({"resumed_step": None})
+    assert lines(tmp_path / "metrics.jsonl") == []  # started over without a checkpoint
 
 
 def test_a_failing_reporter_does_not_stop_the_others(tmp_path, capsys):

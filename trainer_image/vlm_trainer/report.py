@@ -18,7 +18,6 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -47,9 +46,9 @@ class LocalReporter:
     # -- events ---------------------------------------------------------------------------------
     def on_start(self, info: dict[str, Any]) -> None:
         self.total_steps = int(info.get("total_steps") or 0)
-        resumed = info.get("resumed_step")
-        if resumed:  # drop lines of the lost steps after the checkpoint we resume from
-            truncate_metrics(self.metrics_path, int(resumed))
+        # Drop the lines of steps that will be run again: those after the checkpoint we resume
+        # from, or all of them when a killed run starts over without a checkpoint.
+        truncate_metrics(self.metrics_path, int(info.get("resumed_step") or 0))
         self._emit({"event": "start", **info})
 
     def on_step(self, metrics: dict[str, Any]) -> None:
@@ -162,7 +161,3 @@ def _jsonable(v: Any):
     if hasattr(v, "item"):
         return v.item()
     return str(v)
-
-
-def now() -> float:
-    return time.perf_counter()
