@@ -90,3 +90,13 @@ def test_config_errors_exit_2(tmp_path):
                        learning_rte=1)  # fmt: skip
     out = run_cli("sft", "--config", str(cfg))
     assert out.returncode == 2 and "learning_rte: Extra inputs are not permitted" in out.stderr
+
+
+def test_without_prevalidation_the_first_bad_line_stops_training(bad_file, tiny_model, tmp_path):
+    path, expected = bad_file
+    cfg = write_config(tmp_path / "cfg.yaml", base_model=tiny_model, dataset=path,
+                       log_path=tmp_path / "log", validate_before_training=False)  # fmt: skip
+    out = run_cli("sft", "--config", str(cfg))
+    assert out.returncode == 1
+    found = issue_lines(out.stdout, path)
+    assert len(found) == 1 and set(found) <= set(expected), out.stdout[-2000:]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .jsonl import DataInvalidError, LineIndex, Mode, parse_line
+from .jsonl import DataInvalidError, DataIssue, LineIndex, Mode, parse_line
 from .render import Rendered, Renderer, RenderError, SkipRecord
 
 
@@ -70,9 +70,7 @@ class RecordStream:
         except SkipRecord:
             self.skipped += 1
             return None
-        except (RenderError, ValueError) as e:
-            from .jsonl import DataIssue
-
+        except (RenderError, ValueError) as e:  # ImageError is a ValueError
             raise DataInvalidError(
                 [DataIssue(str(self.path), line, "", str(e))], 1, len(self.index)
             ) from e
