@@ -16,7 +16,10 @@ import random
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="vlm-operator", description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--namespace", action="append", default=[], help="watch only these (repeatable)"
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace or glob, e.g. 'team-*' (repeatable)",
     )
     ap.add_argument("--all-namespaces", action="store_true", help="watch every namespace (default)")
     ap.add_argument("--peering", help="kopf peering name; omit for --standalone")
@@ -32,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args(argv)
     os.environ["VLM_METRICS_PORT"] = str(a.metrics_port)
+    os.environ["VLM_WATCH_NAMESPACES"] = ",".join(a.namespace)  # read by settings.Settings
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     if os.environ.get("VLM_LOG_FORMAT") == "json":
         fmt = '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}'

@@ -33,6 +33,8 @@ OURS = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 def dispatch(key: Key) -> list[Key]:
     kind, ns, name = key
+    if not SETTINGS.watches(ns):
+        return []  # another operator's namespace (found through a cluster-wide list)
     if kind == "TrainingShape":
         shape = kube.get("TrainingShape", None, name)
         return [] if shape is None else [("TrainerJob", n, j) for n, j in reconcile_shape(shape)]

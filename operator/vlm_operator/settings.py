@@ -3,14 +3,16 @@
 Supported environment (all optional): `VLM_TRAINER_IMAGE` (the default trainer image),
 `VLM_CHECKPOINT_STORAGE` (default checkpoint location, `pvc://claim[/path]` or `file:///path`),
 `VLM_MODEL_STORAGE` (where promoted models go), `VLM_LOG_FORMAT` (`text` or `json`),
-`VLM_RESYNC_SECONDS` (how often every TrainerJob is re-reconciled as a safety net).
+`VLM_RESYNC_SECONDS` (how often every TrainerJob is re-reconciled as a safety net),
+`VLM_WATCH_NAMESPACES` (comma-separated namespace globs; empty = all; set by `--namespace`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
 
 import kopf
 
@@ -27,6 +29,15 @@ class Settings:
     model_storage: str = "pvc://vlm-models/models"
     log_format: str = "text"
     resync_seconds: float = 30.0
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+
+    def watches(self, namespace: str | None) -> bool:
+        """Whether objects in `namespace` are this operator's (cluster-scoped: always)."""
+        return (
+            not namespace
+            or not self.namespaces
+            or any(fnmatch(namespace, p) for p in self.namespaces)
+        )
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -37,6 +48,7 @@ class Settings:
             model_storage=e.get("VLM_MODEL_STORAGE", cls.model_storage).rstrip("/"),
             log_format=e.get("VLM_LOG_FORMAT", cls.log_format),
             resync_seconds=float(e.get("VLM_RESYNC_SECONDS", cls.resync_seconds)),
+            namespaces=tuple(n for n in e.get("VLM_WATCH_NAMESPACES", "").split(",") if n),
         )
 
 

@@ -43,7 +43,9 @@ class Operator:
         argv = [
             str(Path(sys.executable).parent / "vlm-operator"),
             "--standalone",
-            "--all-namespaces",
+            # The test namespaces only: a Helm-installed operator may own others meanwhile.
+            "--namespace",
+            "t-*",
             "--liveness",
             f"http://127.0.0.1:{self.health_port}/healthz",
             "--metrics-port",
