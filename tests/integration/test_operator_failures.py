@@ -110,7 +110,7 @@ def test_bad_dataset_is_data_invalid_with_the_validators_message(
     wait_for("no running pods", lambda: no_running_pods(cluster, demo_ns), timeout=30)
 
 
-def test_trainer_crash_reports_exit_code_and_message(
+def test_missing_base_model_is_invalid_spec_naming_the_key(
     cluster: LocalCluster, demo_ns: str, operator: Operator
 ) -> None:
     shape_name = f"broken-{secrets.token_hex(3)}"
@@ -119,22 +119,38 @@ def test_trainer_crash_reports_exit_code_and_message(
     shape["spec"]["baseModel"] = f"pvc://{DEMO_CLAIM}/models/does-not-exist"
     cluster.kubectl("apply", "-f", "-", input=json.dumps(shape))
     try:
-        apply(
-            cluster,
-            demo_ns,
-            trainer_job("crash", shape=shape_name, hyperparameters=SMALL, backoffLimit=0),
-        )
-        tj = finished(cluster, demo_ns, "crash")
+        apply(cluster, demo_ns, trainer_job("no-model", shape=shape_name, hyperparameters=SMALL))
+        tj = finished(cluster, demo_ns, "no-model")
         failed = condition(tj, "Failed")
-        assert tj["status"]["phase"] == "Failed"
-        assert failed["reason"] in ("BackoffLimitExceeded", "TrainerFailed"), failed
-        assert (
-            "trainer exited with code" in failed["message"]
-            and "does-not-exist" in failed["message"]
-        )
-        wait_for("no running pods", lambda: no_running_pods(cluster, demo_ns), timeout=30)
+        assert tj["status"]["phase"] == "Failed" and failed["reason"] == "InvalidSpec", failed
+        assert "trainer exited with code 78" in failed["message"]
+        assert "/mnt/pvc/vlm-demo/models/does-not-exist does not exist" in failed["message"]
+        assert tj["status"]["attempts"] == 1  # a config error is not retried
     finally:
         cluster.kubectl("delete", "ts", shape_name, "--wait=false")
+
+
+def test_trainer_crash_reports_exit_code_and_message(
+    cluster: LocalCluster, demo_ns: str, operator: Operator
+) -> None:
+    # The trainer kills itself (SIGKILL) right after its second step's checkpoint: a hard crash.
+    overrides = {"env": [{"name": "VLM_TRAINER_FAULT", "value": "after_checkpoint:2"}]}
+    spec = {
+        "hyperparameters": SMALL,
+        "checkpointing": {"everySteps": 2},
+        "backoffLimit": 0,
+        "podOverrides": overrides,
+    }
+    apply(cluster, demo_ns, trainer_job("crash", **spec))
+    tj = finished(cluster, demo_ns, "crash")
+    failed = condition(tj, "Failed")
+    assert tj["status"]["phase"] == "Failed" and failed["reason"] == "BackoffLimitExceeded", failed
+    assert "trainer exited with code 137" in failed["message"]
+    assert '"event": "checkpoint"' in failed["message"] or "step-000002" in failed["message"], (
+        failed
+    )
+    assert tj["status"]["latestCheckpoint"] == "crash-step-000002"
+    wait_for("no running pods", lambda: no_running_pods(cluster, demo_ns), timeout=30)
 
 
 @pytest.mark.slow

@@ -48,7 +48,7 @@ def test_sft_fails_before_training_with_the_same_messages(bad_file, tiny_model, 
     cfg = write_config(tmp_path / "cfg.yaml", base_model=tiny_model, dataset=path,
                        log_path=tmp_path / "log", save_every_steps=1)  # fmt: skip
     out = run_cli("sft", "--config", str(cfg))
-    assert out.returncode == 1
+    assert out.returncode == 65
     validated = run_cli("validate-data", str(path))
     assert issue_lines(out.stdout, path) == issue_lines(validated.stdout, path)
     assert set(issue_lines(out.stdout, path)) == set(expected)
@@ -62,7 +62,7 @@ def test_eval_dataset_is_validated_too(bad_file, tiny_model, demo_data, tmp_path
                        dataset=demo_data / "sft_train.jsonl", eval_dataset=path,
                        log_path=tmp_path / "log")  # fmt: skip
     out = run_cli("sft", "--config", str(cfg))
-    assert out.returncode == 1 and f"{path}:2: not valid JSON" in out.stdout
+    assert out.returncode == 65 and f"{path}:2: not valid JSON" in out.stdout
 
 
 def test_good_file_summary_with_token_statistics(demo_data, tiny_model):
@@ -89,7 +89,7 @@ def test_config_errors_exit_2(tmp_path):
     cfg = write_config(tmp_path / "cfg.yaml", base_model="m", dataset="d", log_path="l",
                        learning_rte=1)  # fmt: skip
     out = run_cli("sft", "--config", str(cfg))
-    assert out.returncode == 2 and "learning_rte: Extra inputs are not permitted" in out.stderr
+    assert out.returncode == 78 and "learning_rte: Extra inputs are not permitted" in out.stderr
 
 
 def test_without_prevalidation_the_first_bad_line_stops_training(bad_file, tiny_model, tmp_path):
@@ -97,6 +97,6 @@ def test_without_prevalidation_the_first_bad_line_stops_training(bad_file, tiny_
     cfg = write_config(tmp_path / "cfg.yaml", base_model=tiny_model, dataset=path,
                        log_path=tmp_path / "log", validate_before_training=False)  # fmt: skip
     out = run_cli("sft", "--config", str(cfg))
-    assert out.returncode == 1
+    assert out.returncode == 65
     found = issue_lines(out.stdout, path)
     assert len(found) == 1 and set(found) <= set(expected), out.stdout[-2000:]

@@ -12,8 +12,11 @@ Subcommands::
     vlm-trainer dpo | rl                                  reserved (the DPO/RL issue)
 
 ``--config`` defaults to ``/etc/vlm-trainer/config.yaml`` (where the operator mounts it) when
-that file exists. Exit codes: 0 success, 1 invalid data (every bad line is printed, one per
-line, ``file:line: json.path: reason``), 2 bad usage or config, 3 any other failure.
+that file exists. Exit codes: 0 success; 1 ``validate-data`` found bad lines (every bad line is
+printed, one per line, ``file:line: json.path: reason``); 2 bad usage; 65 a training command
+refused its data (EX_DATAERR); 78 a bad config (EX_CONFIG); 3 any other failure. Inside a pod
+the reason is also written to the termination message, where the operator reads it: 65 and 78
+fail the TrainerJob at once (``DataInvalid``, ``InvalidSpec``) since a retry cannot fix them.
 Heavy imports (torch, transformers) happen inside the subcommands, so ``--help`` is instant.
 """
 
@@ -29,6 +32,7 @@ from pathlib import Path
 from .config import DEFAULT_CONFIG_PATH, ConfigError, SFTConfig, load_config
 
 EXIT_OK, EXIT_DATA_INVALID, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+EXIT_DATA_REFUSED, EXIT_CONFIG = 65, 78  # the operator's podFailurePolicy knows these two
 
 
 def _config_path(arg: str | None) -> str | None:
@@ -267,15 +271,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except DataInvalidError as e:
-        print(e.report(), file=sys.stdout)
-        return EXIT_DATA_INVALID
+        report = e.report()
+        print(report, file=sys.stdout)
+        _termination_message(report)
+        return EXIT_DATA_REFUSED
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        _termination_message(f"config error: {e}")
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
-    except Exception:
+    except Exception as e:
         traceback.print_exc()
+        _termination_message(f"{type(e).__name__}: {e}")
         return EXIT_FAILED
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 
 
 def pick_device(cfg: TrainConfig) -> torch.device:
@@ -37,15 +37,27 @@ def quiet_transformers() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
+def check_model_ref(path: str | Path, key: str) -> None:
+    """A local path that does not exist is a config error naming the key, not a hub lookup
+    (which would fail later with a confusing "repo id" message)."""
+    p = str(path)
+    if (p.startswith(("/", "./", "../", "~")) or p.count("/") != 1) and not Path(
+        p
+    ).expanduser().exists():
+        raise ConfigError(f"{key}: {p} does not exist (expected an HF model folder or a hub id)")
+
+
 def load_processor(path: str):
     from transformers import AutoProcessor
 
+    check_model_ref(path, "tokenizer_model (default: base_model)")
     return AutoProcessor.from_pretrained(path)
 
 
 def load_model(path: str | Path, dtype: torch.dtype, device: torch.device):
     from transformers import AutoModelForImageTextToText
 
+    check_model_ref(path, "base_model")
     model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype)
     return model.to(device)
 
