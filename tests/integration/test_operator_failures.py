@@ -146,10 +146,8 @@ def test_trainer_crash_reports_exit_code_and_message(
     failed = condition(tj, "Failed")
     assert tj["status"]["phase"] == "Failed" and failed["reason"] == "BackoffLimitExceeded", failed
     assert "trainer exited with code 137" in failed["message"]
-    assert '"event": "checkpoint"' in failed["message"] or "step-000002" in failed["message"], (
-        failed
-    )
-    assert tj["status"]["latestCheckpoint"] == "crash-step-000002"
+    # No termination message after a SIGKILL: the log tail stands in (FallbackToLogsOnError).
+    assert '"event": "start"' in failed["message"] and '"job": "crash"' in failed["message"]
     wait_for("no running pods", lambda: no_running_pods(cluster, demo_ns), timeout=30)
 
 
