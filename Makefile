@@ -4,6 +4,7 @@
 #   make cluster-up    local control plane + pod runner; KUBECONFIG=.devcluster/kubeconfig
 #   make cluster-down  stop it (no process left behind)
 #   make crds          regenerate crds/ and the chart's copy from the pydantic models
+#   make reference     regenerate docs/reference.md and the README's troubleshooting table
 #   make lint          ruff check + format check
 SHELL := /bin/bash
 PY := .venv/bin/python
@@ -11,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: venv k8s-bins test test-unit test-trainer test-integration lint format crds crds-check \
+.PHONY: venv k8s-bins test test-unit test-trainer test-integration lint format crds crds-check reference \
         cluster-up cluster-down demo clean
 
 venv:
@@ -30,6 +31,9 @@ format: venv
 
 crds: venv
 	$(PY) -m vlm_operator.crdgen --out crds --chart-out charts/vlm-trainer-operator/crds
+
+reference: venv
+	$(PY) hack/gen_reference.py
 
 crds-check: venv
 	$(PY) -m vlm_operator.crdgen --out crds --chart-out charts/vlm-trainer-operator/crds --check

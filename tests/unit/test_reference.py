@@ -137,3 +137,11 @@ def test_conditions_and_every_reason_are_documented() -> None:
         assert f"| `conditions[].{field}` |" in text
     for reason in Reason:
         assert re.search(rf"^\| `{reason}` \| \S", text, re.M), reason
+
+
+def test_readme_troubleshooting_table_lists_every_reason_and_is_current() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert gen.with_readme_reasons(readme) == readme, "run `python hack/gen_reference.py`"
+    section = readme[readme.index(gen.README_START) : readme.index(gen.README_END)]
+    for reason in Reason:
+        assert f"| `{reason}` |" in section, reason

@@ -107,8 +107,9 @@ class Reason(StrEnum):
 REASON_HELP: dict[Reason, str] = {
     Reason.VALID: "The shape passed the operator's checks and can be used.",
     Reason.INVALID_SPEC: "The spec breaks a rule CEL cannot check (for example loraRank above "
-    "the shape's maxLoraRank, a mode the shape does not allow, maxSeqLen above maxContext); "
-    "the message names the field. Fix the spec; no pods were created.",
+    "the shape's maxLoraRank, a mode the shape does not allow, maxSeqLen above maxContext), "
+    "or the trainer refused its config (exit code 78, for example a base model path that does "
+    "not exist); the message names the field. Fix the spec or the shape; it is not retried.",
     Reason.SHAPE_NOT_FOUND: "spec.shape names no TrainingShape. Create it (kubectl get ts); the "
     "job is admitted by itself once it exists.",
     Reason.SHAPE_NOT_READY: "The TrainingShape exists but is not Ready; see its conditions.",
@@ -123,8 +124,8 @@ REASON_HELP: dict[Reason, str] = {
     Reason.BACKOFF_LIMIT_EXCEEDED: "The trainer failed more than spec.backoffLimit times; the "
     "message holds the last termination message.",
     Reason.DEADLINE_EXCEEDED: "The job ran longer than spec.activeDeadlineSeconds.",
-    Reason.DATA_INVALID: "The dataset has bad records; the message lists the lines and fields "
-    "(run vlm-trainer validate-data locally to see all of them).",
+    Reason.DATA_INVALID: "The dataset has bad records (trainer exit code 65, not retried); the "
+    "message lists the lines and fields (run vlm-trainer validate-data locally to see all).",
     Reason.TRAINER_FAILED: "The trainer exited with an error; the message holds its exit code "
     "and termination message.",
     Reason.JOB_DELETED: "The batch/v1 Job was deleted from outside the operator.",
