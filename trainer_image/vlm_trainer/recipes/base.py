@@ -20,8 +20,9 @@ learning rate follows ``lr_factor``: linear warmup, then cosine / linear decay t
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
-import os
 import random
 import sys
 import time
@@ -30,6 +31,7 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ckpt
+from .. import dist_checkpoint, distributed
 from ..config import ConfigError, TrainConfig
 from ..data.render import Renderer
 from ..model import (
@@ -65,7 +67,12 @@ class Recipe:
 
     def __init__(self, cfg: TrainConfig, reporter: MultiReporter | None = None):
         self.cfg = cfg
-        self.reporter = reporter or build_reporter(cfg.log_dir)
+        # One process reports (metrics.jsonl, stdout, the TrainerJob): rank 0.
+        if reporter is None:
+            main = distributed.env_rank() == 0
+            reporter = build_reporter(cfg.log_dir) if main else MultiReporter([])
+        self.reporter = reporter
+        self.dist = distributed.Dist()
         self.root = cfg.checkpoints_path
         self.step = self.epoch = self.cursor = 0
         self.resumed_from: Path | None = None
@@ -88,16 +95,12 @@ class Recipe:
     # -- setup pieces --------------------------------------------------------------------------
     def prepare_runtime(self) -> None:
         cfg = self.cfg
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # Every rank would train alone and write the same checkpoints: refuse clearly.
-            raise ConfigError(
-                "distributed (torchrun, WORLD_SIZE > 1) training is not supported "
-                "yet: run one process with one device"
-            )
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         quiet_transformers()
-        self.device = pick_device(cfg)
+        # Under torchrun: join the process group (cuda:LOCAL_RANK on GPUs); else a no-op.
+        self.dist = distributed.init(pick_device(cfg))
+        self.device = self.dist.device
         self.dtype = pick_dtype(cfg, self.device)
         self.renderer = Renderer(
             load_processor(cfg.processor_path),
@@ -109,20 +112,28 @@ class Recipe:
 
     def find_resume_point(self) -> bool:
         """Drop interrupted writes; False if the run is already complete, else remember the
-        newest verified ``step-*`` checkpoint (if any) in ``self.resumed_from``."""
-        ckpt.clean_temp(self.root)
-        final = self.root / ckpt.FINAL
-        if final.exists() and ckpt.verify(final) is None:
-            self.final_path = final
-            return False
-        self.resumed_from = ckpt.latest_verified(self.root, log=self.log)
-        return True
+        newest verified ``step-*`` checkpoint (if any) in ``self.resumed_from``. Under several
+        processes rank 0 looks and every rank takes its answer, so all resume from one place."""
+        if self.dist.is_main:
+            ckpt.clean_temp(self.root)
+            final = self.root / ckpt.FINAL
+            if final.exists() and ckpt.verify(final) is None:
+                self.final_path = final
+            else:
+                self.resumed_from = ckpt.latest_verified(self.root, log=self.log)
+        self.final_path, self.resumed_from = self.dist.broadcast(
+            (self.final_path, self.resumed_from)
+        )
+        return self.final_path is None
 
     def build_training_state(self, records_per_epoch: int) -> None:
         """Model, optimizer and schedule; then, when resuming, every saved state."""
         cfg = self.cfg
         self._seed_everything()
         self.model = self._build_model()
+        # What training forwards run through: the model itself (one process, FSDP2 sharded in
+        # place) or its DDP wrapper. Saving and evaluation keep using self.model.
+        self.train_model = distributed.wrap(self.model, self.dist)
         self.optimizer = self._build_optimizer()
         per_step = cfg.batch_size * cfg.gradient_accumulation_steps
         self.steps_per_epoch = max(1, math.ceil(records_per_epoch / per_step))
@@ -183,6 +194,48 @@ class Recipe:
             eps=cfg.adam_eps,
         )
 
+    # -- several processes ---------------------------------------------------------------------
+    def local_share(self, samples: list) -> list:
+        """This rank's share of one global micro-batch (``batch_size`` counts sequences over all
+        ranks); one process: ``samples`` itself. Under several processes a share without an
+        image gets a zero-weight dummy image, so every rank runs the vision tower every step
+        (else DDP's reducer or FSDP's all-gathers would wait for a rank that skipped it)."""
+        if not self.dist.is_distributed:
+            return samples
+        mine = self.dist.share(samples, self.zero_weight)
+        if not any(self.has_image(s) for s in mine):
+            mine = [*mine, self.dummy_image_sample()]
+        return mine
+
+    def zero_weight(self, sample):
+        """A copy of ``sample`` that trains nothing (a ``Rendered``; other sample types
+        override this, ``has_image`` and ``dummy_image_sample``)."""
+        return dataclasses.replace(sample, weights=torch.zeros_like(sample.weights))
+
+    def has_image(self, sample) -> bool:
+        return getattr(sample, "pixel_values", None) is not None
+
+    def dummy_image_sample(self):
+        """A one-image conversation with every weight 0, rendered once."""
+        if getattr(self, "_dummy_image", None) is None:
+            from PIL import Image
+
+            from ..data.images import encode_data_url
+            from ..data.jsonl import parse_line
+
+            url = encode_data_url(Image.new("RGB", (32, 32)))
+            image = {"type": "image_url", "image_url": {"url": url}}
+            line = {
+                "messages": [
+                    {"role": "user", "content": [image]},
+                    {"role": "assistant", "content": "."},
+                ]
+            }
+            record, issues = parse_line(json.dumps(line), file="<dummy image>", line=1)
+            assert record is not None, issues
+            self._dummy_image = self.zero_weight(self.renderer.render(record.conversation))
+        return self._dummy_image
+
     def _restore(self, path: Path) -> None:
         cfg = self.cfg
         manifest = ckpt.read_manifest(path) or {}
@@ -192,15 +245,23 @@ class Recipe:
                 f"{path}: written with type={manifest.get('type')} lora_rank="
                 f"{manifest.get('lora_rank')}, but this run has lora_rank={cfg.lora_rank}"
             )
-        if cfg.lora_rank:
+        # Written by several processes: sharded state (DCP, re-sharded to this world size).
+        sharded = dist_checkpoint.has_sharded_state(path)
+        if not sharded:
+            dist_checkpoint.check_single_process_resume(path, self.dist)
+        if cfg.lora_rank and not sharded:
             from peft import set_peft_model_state_dict
             from safetensors.torch import load_file
 
             set_peft_model_state_dict(self.model, load_file(path / "adapter_model.safetensors"))
         progress, state = ckpt.load_trainer_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
+        if sharded:
+            args = (self.dist, self.model, self.optimizer, self.scheduler, self.log)
+            dist_checkpoint.load_state(path, *args)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            ckpt.set_rng_state(state["rng"])
         self.step, self.epoch, self.cursor = progress["step"], progress["epoch"], progress["cursor"]
         self.stream.skipped = progress.get("skipped_records", 0)
         self.log(
@@ -247,9 +308,11 @@ class Recipe:
 
     def optimizer_step(self) -> tuple[float, float]:
         """Clip, step the optimizer and the schedule; returns ``(grad_norm, lr used)``."""
+        self.dist.check_synced()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         clip = self.cfg.grad_clip_norm
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf))
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+        grad_norm = distributed.grad_norm(norm)  # a DTensor under FSDP
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -273,10 +336,15 @@ class Recipe:
         cfg = self.cfg
         progress = self.progress()
 
+        state = (self.dist, self.model, self.optimizer, self.scheduler, final)
+
         def write(out: Path) -> None:
-            self.model.save_pretrained(out)
+            full = None  # several processes: sharded training state, every rank its part
+            if self.dist.is_distributed:
+                _, full = dist_checkpoint.write_state(out, *state)
+            self.model.save_pretrained(out, **({} if full is None else {"state_dict": full}))
             self.renderer.processor.save_pretrained(out)
-            if final:  # a finished run needs no optimizer state
+            if final or self.dist.is_distributed:  # a finished run needs no optimizer state
                 ckpt.save_trainer_state(out, progress)
             else:
                 ckpt.save_trainer_state(out, progress, self.optimizer, self.scheduler)
@@ -290,9 +358,14 @@ class Recipe:
             "base_model": cfg.base_model,
             "metrics": {k: v for k, v in numbers.items() if isinstance(v, int | float)},
         }
+        if not self.dist.is_main:  # this rank's part of the write; rank 0 does the rest
+            dist_checkpoint.write_state(None, *state)
+            self.dist.barrier()
+            return self.root / name
         path, manifest = ckpt.write_checkpoint(self.root, name, write, manifest, self.step)
         self.reporter.on_checkpoint(path, self.step, manifest)
         ckpt.prune(self.root, cfg.keep_last)
+        self.dist.barrier()  # no rank moves on (or exits) before the checkpoint is whole
         return path
 
     def log(self, msg: str) -> None:
@@ -312,6 +385,8 @@ def run(recipe: Recipe) -> dict:
     except Exception as e:
         recipe.reporter.on_error(f"{type(e).__name__}: {e}")
         raise
+    finally:
+        distributed.shutdown()
     summary = {
         "final_checkpoint": str(path),
         "steps": recipe.step,

@@ -82,29 +82,37 @@ class SFTRecipe(Recipe):
             self.cursor = cursor
             current.append(sample)
             if len(current) == cfg.batch_size:
-                micro.append(collate(current, r.pad_token_id, r.image_token_id))
+                micro.append(collate(self.local_share(current), r.pad_token_id, r.image_token_id))
                 current = []
                 if len(micro) == cfg.gradient_accumulation_steps:
                     return micro
         if current:
-            micro.append(collate(current, r.pad_token_id, r.image_token_id))
+            micro.append(collate(self.local_share(current), r.pad_token_id, r.image_token_id))
         return micro
 
     def train_step(self, micro: list[dict], t0: float) -> dict:
         """Forward/backward every micro-batch, then one optimizer step. ``t0`` is when reading
         the data for this step began, so ``tokens_per_second`` covers data and compute."""
         t_data = time.perf_counter() - t0
-        denom = sum(num_target_tokens(b["weights"]) for b in micro)
+        # Several processes: every rank divides by the global count of weighted tokens and the
+        # gradients are summed, which is exactly one process's normalisation.
+        denom = self.dist.all_sum(sum(num_target_tokens(b["weights"]) for b in micro))
         loss_total = torch.zeros((), device=self.device)
         tokens = samples = 0
-        for batch in micro:
+        for i, batch in enumerate(micro):
             inputs = model_inputs(batch, self.device)
-            logits = self.model(**inputs).logits
-            loss = sft_loss(logits, inputs["input_ids"], batch["weights"].to(self.device), denom)
-            loss.backward()
+            with self.dist.accumulate(self.train_model, last=i == len(micro) - 1):
+                logits = self.train_model(**inputs).logits
+                w = batch["weights"].to(self.device)
+                loss = sft_loss(logits, inputs["input_ids"], w, denom)
+                loss.backward()
             loss_total += loss.detach()
             tokens += int(batch["attention_mask"].sum())
             samples += batch["input_ids"].shape[0]
+        if self.dist.is_distributed:  # report global numbers (shares include dummy rows)
+            loss_sum, tokens, samples = self.dist.all_sum(float(loss_total), tokens, samples)
+            loss_total = torch.tensor(loss_sum, dtype=torch.float64)
+            tokens, samples = int(tokens), int(samples)
         grad_norm, lr = self.optimizer_step()
         dt = time.perf_counter() - t0
         return {
