@@ -134,6 +134,62 @@ class SFTConfig(TrainConfig):
     mode: Literal["sft"] = "sft"
 
 
+class DPOConfig(TrainConfig):
+    """Direct preference optimisation on ``{"chosen": ..., "rejected": ...}`` records.
+
+    ``batch_size`` counts *pairs* per forward pass (each pass holds 2 x batch_size sequences).
+    Defaults match the operator's ``hyperparameters.dpo``."""
+
+    mode: Literal["dpo"] = "dpo"
+    beta: float = Field(0.1, gt=0, le=100, description="Strength of the implicit KL constraint.")
+    dpo_loss: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    cache_reference_logprobs: bool = Field(
+        False,
+        description="Compute the reference log-probs once in a first pass and free the "
+        "reference model, instead of a reference forward pass every step.",
+    )
+
+
+#: A built-in reward name or ``module:function`` (same pattern as the operator's API).
+REWARD_PATTERN = r"^([a-z][a-z0-9_]*|[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*)$"
+
+
+class RLConfig(TrainConfig):
+    """Reinforcement learning (GRPO-style group advantages, token-level PPO-clip loss).
+
+    ``batch_size`` counts *prompts* per micro-batch; each prompt gets
+    ``completions_per_prompt`` rollouts, so a forward pass holds up to
+    batch_size x completions_per_prompt sequences. Defaults match the operator's
+    ``hyperparameters.rl``."""
+
+    mode: Literal["rl"] = "rl"
+    completions_per_prompt: int = Field(8, ge=2, le=256, description="GRPO group size.")
+    max_completion_tokens: int = Field(256, ge=1, le=131_072)
+    temperature: float = Field(1.0, gt=0, le=10, description="Rollout sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    kl_beta: float = Field(
+        0.0, ge=0, le=100, description="k3 KL penalty weight; 0 = no reference model."
+    )
+    eps_clip: float = Field(0.2, gt=0, le=10, description="PPO clip range below (and above) 1.")
+    eps_clip_high: float | None = Field(
+        None, gt=0, le=10, description="Upper clip range ('clip higher'); default eps_clip."
+    )
+    reward: str = Field(
+        "exact_match",
+        pattern=REWARD_PATTERN,
+        description="exact_match | regex_match | numeric_match | format_check | module:function",
+    )
+    eval_max_prompts: int = Field(
+        256, ge=1, description="Evaluate greedy rewards on at most this many eval prompts."
+    )
+
+    @model_validator(mode="after")
+    def _check_clip(self) -> RLConfig:
+        if self.eps_clip_high is not None and self.eps_clip_high < self.eps_clip:
+            raise ValueError("eps_clip_high must be at least eps_clip")
+        return self
+
+
 C = TypeVar("C", bound=BaseModel)
 
 
