@@ -187,9 +187,13 @@ def init(prefer: torch.device) -> Dist:
     return Dist(rank, world, local, strategy, device)
 
 
-def shutdown() -> None:
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group. ``clean``: first wait for every rank, since a rank tearing
+    gloo down while a peer still finishes its last collective can abort that peer."""
     if dist.is_available() and dist.is_initialized():
         with contextlib.suppress(Exception):
+            if clean:
+                dist.barrier()
             dist.destroy_process_group()
 
 
@@ -232,6 +236,13 @@ def wrap(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
             m.set_gradient_divide_factor(1.0)  # sum: the losses are normalised globally
             m.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
     return model
+
+
+def drop_vision_grads(model: torch.nn.Module) -> None:
+    """Gradients of the vision tower (``visual`` in the name, as in Qwen-VL) back to None."""
+    for name, p in model.named_parameters():
+        if ".visual." in f".{name}":
+            p.grad = None
 
 
 def grad_norm(norm: torch.Tensor) -> float:

@@ -34,7 +34,6 @@ from .. import checkpoint as ckpt
 from .. import dist_checkpoint, distributed
 from ..config import ConfigError, TrainConfig
 from ..data.render import Renderer
-from ..data.validate import validate_file
 from ..model import (
     apply_lora,
     count_parameters,
@@ -74,6 +73,7 @@ class Recipe:
             reporter = build_reporter(cfg.log_dir) if main else MultiReporter([])
         self.reporter = reporter
         self.dist = distributed.Dist()
+        self.step_images = 0  # images in this step's global batch (see local_share)
         self.root = cfg.checkpoints_path
         self.step = self.epoch = self.cursor = 0
         self.resumed_from: Path | None = None
@@ -94,25 +94,6 @@ class Recipe:
         return {}
 
     # -- setup pieces --------------------------------------------------------------------------
-    def validate_data(self) -> int | None:
-        """Check every line of ``self.data_path`` and ``self.eval_path`` (when set) in this
-        recipe's mode first; raise ``DataInvalidError`` with all bad lines. Returns the number
-        of trainable training records (None when validation is disabled)."""
-        if not self.cfg.validate_before_training:
-            return None
-        trainable = None
-        for path in (self.data_path, getattr(self, "eval_path", None)):
-            if path is None:
-                continue
-            summary = validate_file(path, self.mode, self.renderer)
-            summary.raise_if_invalid()
-            if trainable is None:
-                trainable = summary.trainable
-                self.data_summary = summary.as_dict()
-        if trainable == 0:
-            raise ConfigError(f"{self.data_path}: every record is longer than max_seq_len")
-        return trainable
-
     def prepare_runtime(self) -> None:
         cfg = self.cfg
         if cfg.num_threads:
@@ -222,6 +203,7 @@ class Recipe:
         (else DDP's reducer or FSDP's all-gathers would wait for a rank that skipped it)."""
         if not self.dist.is_distributed:
             return samples
+        self.step_images += sum(self.has_image(s) for s in samples)  # global: same on all ranks
         mine = self.dist.share(samples, self.zero_weight)
         if not any(self.has_image(s) for s in mine):
             mine = [*mine, self.dummy_image_sample()]
@@ -326,27 +308,14 @@ class Recipe:
                 break  # reached total_steps inside the epoch
             self.epoch, self.cursor = self.epoch + 1, 0
 
-    def take_micro_batches(self, samples) -> list[list]:
-        """Up to ``gradient_accumulation_steps`` lists of ``batch_size`` samples from the
-        ``(cursor, sample)`` iterator, advancing ``self.cursor``; empty at the end of the epoch
-        (the last step of an epoch may be short)."""
-        cfg = self.cfg
-        micro, current = [], []
-        for cursor, sample in samples:
-            self.cursor = cursor
-            current.append(sample)
-            if len(current) == cfg.batch_size:
-                micro.append(current)
-                current = []
-                if len(micro) == cfg.gradient_accumulation_steps:
-                    return micro
-        if current:
-            micro.append(current)
-        return micro
-
     def optimizer_step(self) -> tuple[float, float]:
         """Clip, step the optimizer and the schedule; returns ``(grad_norm, lr used)``."""
         self.dist.check_synced()
+        if self.dist.is_distributed and not self.step_images:
+            # No image in the whole step: one process leaves the vision tower's gradients None
+            # (AdamW then skips it), the dummy images left zeros; drop them to match.
+            distributed.drop_vision_grads(self.model)
+        self.step_images = 0
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         clip = self.cfg.grad_clip_norm
         norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
@@ -423,8 +392,8 @@ def run(recipe: Recipe) -> dict:
     except Exception as e:
         recipe.reporter.on_error(f"{type(e).__name__}: {e}")
         raise
-    finally:
-        distributed.shutdown()
+    finally:  # after success all ranks leave together; after an error nobody waits
+        distributed.shutdown(clean=sys.exc_info()[0] is None)
     summary = {
         "final_checkpoint": str(path),
         "steps": recipe.step,
