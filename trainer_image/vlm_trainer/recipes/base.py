@@ -34,6 +34,7 @@ from .. import checkpoint as ckpt
 from .. import dist_checkpoint, distributed
 from ..config import ConfigError, TrainConfig
 from ..data.render import Renderer
+from ..data.validate import validate_file
 from ..model import (
     apply_lora,
     count_parameters,
@@ -94,6 +95,25 @@ class Recipe:
         return {}
 
     # -- setup pieces --------------------------------------------------------------------------
+    def validate_data(self) -> int | None:
+        """Check every line of ``self.data_path`` and ``self.eval_path`` (when set) in this
+        recipe's mode first; raise ``DataInvalidError`` with all bad lines. Returns the number
+        of trainable training records (None when validation is disabled)."""
+        if not self.cfg.validate_before_training:
+            return None
+        trainable = None
+        for path in (self.data_path, getattr(self, "eval_path", None)):
+            if path is None:
+                continue
+            summary = validate_file(path, self.mode, self.renderer)
+            summary.raise_if_invalid()
+            if trainable is None:
+                trainable = summary.trainable
+                self.data_summary = summary.as_dict()
+        if trainable == 0:
+            raise ConfigError(f"{self.data_path}: every record is longer than max_seq_len")
+        return trainable
+
     def prepare_runtime(self) -> None:
         cfg = self.cfg
         if cfg.num_threads:
@@ -307,6 +327,24 @@ class Recipe:
             else:
                 break  # reached total_steps inside the epoch
             self.epoch, self.cursor = self.epoch + 1, 0
+
+    def take_micro_batches(self, samples) -> list[list]:
+        """Up to ``gradient_accumulation_steps`` lists of ``batch_size`` samples from the
+        ``(cursor, sample)`` iterator, advancing ``self.cursor``; empty at the end of the epoch
+        (the last step of an epoch may be short)."""
+        cfg = self.cfg
+        micro, current = [], []
+        for cursor, sample in samples:
+            self.cursor = cursor
+            current.append(sample)
+            if len(current) == cfg.batch_size:
+                micro.append(current)
+                current = []
+                if len(micro) == cfg.gradient_accumulation_steps:
+                    return micro
+        if current:
+            micro.append(current)
+        return micro
 
     def optimizer_step(self) -> tuple[float, float]:
         """Clip, step the optimizer and the schedule; returns ``(grad_norm, lr used)``."""
