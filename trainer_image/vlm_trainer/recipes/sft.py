@@ -4,7 +4,9 @@ Supported: full fine-tuning or LoRA (``lora_rank > 0``, peft) of an ``AutoModelF
 model (Qwen2-VL / Qwen2.5-VL / Qwen3-VL) on ``{"messages": [...]}`` JSONL with base64 images;
 AdamW with warmup then cosine / linear / constant decay; gradient accumulation; gradient
 clipping; optional gradient checkpointing and frozen vision tower; bf16 weights on GPU, fp32
-on CPU; one process, one device.
+on CPU; one process, or several under ``torchrun`` (DDP on CPU, FSDP2 on GPUs; see
+``distributed.py``), where ``batch_size`` counts sequences over all ranks and each rank trains
+on its share, so the loss curve is the one-process curve of the same config.
 
 Assumed and guaranteed:
 
