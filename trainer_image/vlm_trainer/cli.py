@@ -9,7 +9,8 @@ Subcommands::
     vlm-trainer make-demo-data DIR                        synthetic SFT/DPO/RL image datasets
     vlm-trainer verify-checkpoint DIR                     re-hash a checkpoint (operator Job)
     vlm-trainer promote --checkpoint DIR --output DIR     standalone HF model (operator Job)
-    vlm-trainer dpo | rl                                  reserved (the DPO/RL issue)
+    vlm-trainer dpo --config cfg.yaml [key=value ...]     train (or resume) with the DPO recipe
+    vlm-trainer rl --config cfg.yaml [key=value ...]      train (or resume) with the RL recipe
 
 ``--config`` defaults to ``/etc/vlm-trainer/config.yaml`` (where the operator mounts it) when
 that file exists. Exit codes: 0 success; 1 ``validate-data`` found bad lines (every bad line is
@@ -29,7 +30,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from .config import DEFAULT_CONFIG_PATH, ConfigError, SFTConfig, load_config
+from .config import DEFAULT_CONFIG_PATH, ConfigError, DPOConfig, RLConfig, SFTConfig, load_config
 
 EXIT_OK, EXIT_DATA_INVALID, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 EXIT_DATA_REFUSED, EXIT_CONFIG = 65, 78  # the operator's podFailurePolicy knows these two
@@ -51,6 +52,20 @@ def cmd_sft(args) -> int:
 
     summary = sft.main(cfg)
     return EXIT_OK if summary else EXIT_FAILED
+
+
+def cmd_dpo(args) -> int:
+    cfg = load_config(DPOConfig, _config_path(args.config), args.overrides)
+    from .recipes import dpo
+
+    return EXIT_OK if dpo.main(cfg) else EXIT_FAILED
+
+
+def cmd_rl(args) -> int:
+    cfg = load_config(RLConfig, _config_path(args.config), args.overrides)
+    from .recipes import rl
+
+    return EXIT_OK if rl.main(cfg) else EXIT_FAILED
 
 
 def cmd_eval(args) -> int:
@@ -87,7 +102,8 @@ def cmd_validate(args) -> int:
     max_pixels = 50_000_000
     cfg_path = _config_path(args.config) if args.config or not files else None
     if cfg_path:  # the training config names the files, the processor and the limits
-        cfg = load_config(SFTConfig, cfg_path, args.overrides)
+        config_class = {"sft": SFTConfig, "dpo": DPOConfig, "rl": RLConfig}[args.mode]
+        cfg = load_config(config_class, cfg_path, args.overrides)
         files = files or [cfg.dataset] + ([cfg.eval_dataset] if cfg.eval_dataset else [])
         args.model = args.model or cfg.processor_path
         max_pixels = cfg.max_image_pixels
@@ -186,14 +202,6 @@ def _termination_message(text: str) -> None:
         pass
 
 
-def cmd_reserved(args) -> int:
-    where = {"dpo": "the DPO/RL issue", "rl": "the DPO/RL issue"}
-    print(
-        f"vlm-trainer {args.command}: not implemented yet ({where[args.command]})", file=sys.stderr
-    )
-    return EXIT_USAGE
-
-
 # ------------------------------------------------------------------------------------------------
 # Parser
 
@@ -207,11 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
     s.set_defaults(func=cmd_sft)
 
-    # DPO and RL will take the same arguments as sft (issue 5).
-    for name in ("dpo", "rl"):
-        r = sub.add_parser(name, help="reserved: not implemented yet")
-        r.add_argument("rest", nargs=argparse.REMAINDER)
-        r.set_defaults(func=cmd_reserved)
+    for name, what, func in (
+        ("dpo", "direct preference optimisation", cmd_dpo),
+        ("rl", "reinforcement learning (GRPO-style, verifiable rewards)", cmd_rl),
+    ):
+        r = sub.add_parser(name, help=what)
+        r.add_argument("--config", help=f"YAML config (default {DEFAULT_CONFIG_PATH} if present)")
+        r.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
+        r.set_defaults(func=func)
 
     # The operator's short Jobs on a Checkpoint (promote.py).
     vc = sub.add_parser("verify-checkpoint", help="re-hash a checkpoint against its manifest")
