@@ -53,16 +53,41 @@ PROBE_CRD = {
                     "openAPIV3Schema": {
                         "type": "object",
                         "properties": {
+                            # The fields the expressions read are declared: once the apiserver
+                            # has the schema, CEL type-checks against it, and a field it cannot
+                            # see in a preserve-unknown-fields object is a compile error.
                             "fixture": {
                                 "type": "object",
+                                "properties": {"generation": {"type": "integer"}},
                                 "x-kubernetes-preserve-unknown-fields": True,
                             },
                             "spec": {
                                 "type": "object",
+                                "properties": {
+                                    "promote": {
+                                        "type": "object",
+                                        "x-kubernetes-preserve-unknown-fields": True,
+                                    }
+                                },
                                 "x-kubernetes-preserve-unknown-fields": True,
                             },
                             "status": {
                                 "type": "object",
+                                "properties": {
+                                    "observedGeneration": {"type": "integer"},
+                                    "phase": {"type": "string"},
+                                    "conditions": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "properties": {
+                                                k: {"type": "string"}
+                                                for k in ("type", "status", "reason", "message")
+                                            },
+                                            "x-kubernetes-preserve-unknown-fields": True,
+                                        },
+                                    },
+                                },
                                 "x-kubernetes-preserve-unknown-fields": True,
                             },
                         },
@@ -147,6 +172,15 @@ def policies(cluster: LocalCluster) -> dict[tuple[str, str], str]:
     """One admission policy per (kind, Flux state) expression, active."""
     cluster.kubectl("apply", "-f", "-", input=json.dumps(PROBE_CRD))
     cluster.kubectl("wait", "--for=condition=Established", f"crd/probes.{GROUP}")
+    # Policies are type-checked against the published OpenAPI schema, which lags behind
+    # Established; a policy created before it appears is checked against nothing and warns.
+    deadline = time.monotonic() + 30
+    while (
+        '"Probe"'
+        not in cluster.kubectl("get", "--raw", f"/openapi/v3/apis/{GROUP}/v1", check=False).stdout
+    ):
+        assert time.monotonic() < deadline, "the probe CRD's schema was never published"
+        time.sleep(0.3)
     names: dict[tuple[str, str], str] = {}
     objects: list[dict[str, Any]] = []
     for kind, exprs in flux_checks().items():
