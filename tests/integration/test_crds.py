@@ -42,9 +42,9 @@ CRD_NAMES = ["trainingshapes.vlmtrain.dev", "trainerjobs.vlmtrain.dev", "checkpo
 def crds(cluster):
     """Install the CRDs once and wait until they serve (and publish OpenAPI for explain)."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[
-        f"crd/{n}" for n in CRD_NAMES
-    ])  # fmt: skip
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in CRD_NAMES]
+    )
     return cluster
 
 
@@ -71,9 +71,7 @@ def test_examples_apply(crds, namespace: str) -> None:
     for path in EXAMPLES:
         for doc in yaml.safe_load_all(path.read_text()):
             kinds[doc["metadata"]["name"]] = doc["kind"]
-    existing_shapes = set(
-        crds.kubectl("get", "ts", "-o", "name", check=False).stdout.split()
-    )  # fmt: skip
+    existing_shapes = set(crds.kubectl("get", "ts", "-o", "name", check=False).stdout.split())
     args = ["apply", "-n", namespace, "-R", "-f", str(REPO / "examples")]
     dry = crds.kubectl(*args, "--dry-run=server").stdout
     assert dry.count("(server dry run)") == len(kinds), dry
@@ -110,9 +108,15 @@ def test_base_manifests_are_accepted(crds, namespace: str) -> None:
 def test_invalid_manifest_rejected_naming_the_field(crds, case: Case) -> None:
     # Server-side dry run runs the same admission (schema, CEL, strict fields) as a real create.
     p = crds.kubectl(
-        "create", "-n", "default", "--dry-run=server", "-f", "-",
-        input=as_yaml(case.manifest()), check=False,
-    )  # fmt: skip
+        "create",
+        "-n",
+        "default",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input=as_yaml(case.manifest()),
+        check=False,
+    )
     assert p.returncode != 0, f"{case.id}: accepted\n{p.stdout}"
     assert case.field in p.stderr, f"{case.id}: {case.field!r} not in\n{p.stderr}"
 
@@ -128,9 +132,17 @@ def _job(name: str, shape: str, **spec: Any) -> dict[str, Any]:
 
 def _patch(cluster, namespace: str, target: str, patch: dict, *extra: str, check: bool = False):
     return cluster.kubectl(
-        "patch", "-n", namespace, target, "--type", "merge", "-p", json.dumps(patch), *extra,
+        "patch",
+        "-n",
+        namespace,
+        target,
+        "--type",
+        "merge",
+        "-p",
+        json.dumps(patch),
+        *extra,
         check=check,
-    )  # fmt: skip
+    )
 
 
 IMMUTABLE_PATCHES = [
@@ -235,13 +247,19 @@ def test_status_subresource_printer_columns_and_wait(crds, namespace: str) -> No
         ],
         shape_version="abc123",
         progress=Progress(
-            step=30, total_steps=120, percent=25, epoch=0.5, loss=0.75,
-            tokens_per_second=1234.5, eta_seconds=90, updated_at="2025-01-01T00:00:00Z",
+            step=30,
+            total_steps=120,
+            percent=25,
+            epoch=0.5,
+            loss=0.75,
+            tokens_per_second=1234.5,
+            eta_seconds=90,
+            updated_at="2025-01-01T00:00:00Z",
         ),
         latest_checkpoint="cols-step-000030",
         attempts=1,
         start_time="2025-01-01T00:00:00Z",
-    ).to_api()  # fmt: skip
+    ).to_api()
     _patch(crds, namespace, "tj/cols", {"status": status}, "--subresource=status", check=True)
     got = kubectl_json(crds, "get", "-n", namespace, "tj/cols")["status"]
     assert got == status  # nothing pruned: the models and the schema agree
@@ -295,10 +313,17 @@ def test_checkpoint_and_shape_columns(crds, namespace: str) -> None:
     crds.kubectl("create", "-f", "-", input=as_yaml(shape))
     try:
         crds.kubectl(
-            "patch", "ts", name, "--subresource=status", "--type", "merge", "-p",
-            json.dumps({"status": {"version": "v1", "conditions": [
-                new_condition("Ready", True, "Valid")]}}),
-        )  # fmt: skip
+            "patch",
+            "ts",
+            name,
+            "--subresource=status",
+            "--type",
+            "merge",
+            "-p",
+            json.dumps(
+                {"status": {"version": "v1", "conditions": [new_condition("Ready", True, "Valid")]}}
+            ),
+        )
         table = crds.kubectl("get", "ts", name).stdout.splitlines()
         assert table[0].split() == ["NAME", "GPUS", "NODES", "CONTEXT", "MODEL", "READY", "AGE"]
         assert table[1].split()[:6] == [name, "1", "1", "4096", "Qwen/Qwen3-VL-8B-Instruct", "True"]
