@@ -20,7 +20,8 @@ def phase(cluster: LocalCluster, ns: str, name: str) -> str | None:
 
 
 def trainer_pods(cluster: LocalCluster, ns: str, name: str) -> list[dict]:
-    return get(cluster, "pods", "-n", ns, "-l", f"vlmtrain.dev/trainer-job={name}")["items"]
+    selector = f"vlmtrain.dev/trainer-job={name},vlmtrain.dev/task=train"  # not verify/promote
+    return get(cluster, "pods", "-n", ns, "-l", selector)["items"]
 
 
 def test_suspend_then_resume(cluster: LocalCluster, demo_ns: str, operator: Operator) -> None:
