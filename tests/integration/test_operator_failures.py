@@ -170,7 +170,14 @@ def test_deleted_pod_is_retried_and_resumes_from_checkpoint(
         )
 
     wait_for("the first checkpoint", first_checkpoint, timeout=240)
-    pods = get(cluster, "pods", "-n", demo_ns, "-l", "vlmtrain.dev/trainer-job=resilient")["items"]
+    pods = get(
+        cluster,
+        "pods",
+        "-n",
+        demo_ns,
+        "-l",
+        "vlmtrain.dev/trainer-job=resilient,vlmtrain.dev/task=train",
+    )["items"]
     running = [p["metadata"]["name"] for p in pods if p["status"].get("phase") == "Running"]
     assert running, "the trainer finished before it could be interrupted"
     cluster.kubectl("delete", "pod", running[0], "-n", demo_ns, "--wait=false")
