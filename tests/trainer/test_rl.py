@@ -187,3 +187,25 @@ def test_cli_refuses_bad_rewards_and_data_before_training(tmp_path, tiny_model, 
                      "--model", str(tiny_model))  # fmt: skip
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert json.loads(ok.stdout)["trainable_records"] == 40
+
+
+def test_lora_rl_kl_reference_is_the_adapter_disabled_base(tmp_path, tiny_model, small_prompts):
+    """In process: with LoRA the KL reference is the base (adapters off), so the first step's
+    KL is exactly 0 (B = 0) and later ones are not; no second model is loaded."""
+    from vlm_trainer.config import RLConfig
+    from vlm_trainer.recipes.rl import RLRecipe
+    from vlm_trainer.report import MultiReporter
+
+    cfg = RLConfig(base_model=str(tiny_model), dataset=str(small_prompts),
+                   log_path=str(tmp_path / "lora"), max_seq_len=256, batch_size=4,
+                   completions_per_prompt=4, max_completion_tokens=6, learning_rate=2e-2,
+                   max_steps=3, lora_rank=4, lora_alpha=8, kl_beta=0.1, num_threads=2,
+                   gradient_checkpointing=True, validate_before_training=False,
+                   reward="tests.trainer.rl_rewards:distinct_chars")  # fmt: skip
+    recipe = RLRecipe(cfg, MultiReporter([]))
+    assert recipe.setup() and recipe.reference.frozen is None
+    samples = recipe.stream.samples(0)
+    steps = [recipe.train_step(recipe.next_batches(samples), time.perf_counter())
+             for _ in range(3)]  # fmt: skip
+    assert steps[0]["kl"] == 0.0 and steps[2]["kl"] > 0.0
+    assert all(s["zero_variance_groups"] < s["groups"] for s in steps)

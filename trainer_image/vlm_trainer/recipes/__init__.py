@@ -1,2 +1,2 @@
-"""Training recipes, one file per method: ``Config`` + ``main(cfg)`` each, built on ``base.Recipe``
-(SFT now; DPO and RL join as ``dpo.py`` and ``rl.py``)."""
+"""Training recipes, one file per method: ``Config`` + ``main(cfg)`` each, built on ``base.Recipe``:
+``sft.py``, ``dpo.py``, ``rl.py`` (with ``reference.py``, the frozen reference of DPO and RL)."""
