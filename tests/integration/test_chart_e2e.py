@@ -1,6 +1,7 @@
 """The operator as the Helm chart installs it: its Deployment runs (through the pod runner) with
 the chart's ServiceAccount, so every API call it makes is checked against the chart's ClusterRole.
-An SFT TrainerJob must train, checkpoint and promote under that identity alone."""
+With every example applied as a newcomer would, the SFT example must train, checkpoint and
+promote under that identity alone, and re-applying the examples afterwards must change nothing."""
 
 from __future__ import annotations
 
@@ -15,12 +16,10 @@ from tests.cluster.local import LocalCluster
 from tests.integration.operator_env import (
     CHECKPOINT_STORAGE,
     MODEL_STORAGE,
-    TINY_SHAPE,
     condition,
     get,
     install_crds,
     stage_demo_claim,
-    trainer_job,
     wait_for,
 )
 
@@ -76,42 +75,70 @@ def test_operator_under_the_charts_identity_runs_sft_end_to_end(
             0
         ]
         assert pod["spec"]["serviceAccountName"] != "default"
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(TINY_SHAPE))
-        job = trainer_job(
-            "chart-sft",
-            hyperparameters={
-                "learningRate": 0.003,
-                "epochs": 1,
-                "batchSize": 8,
-                "maxSteps": 10,
-                "maxSeqLen": 256,
-            },
-            checkpointing={"everySteps": 5},
-            promote={"outputModel": "chart-model"},
+        # Every example, as a newcomer applies them. DPO and RL are suspended at once (a patch
+        # outside the manifests, which re-applying must leave alone) to keep the CPU for SFT.
+        examples = cluster.kubectl("apply", "-n", ns, "-R", "-f", str(REPO / "examples")).stdout
+        cluster.kubectl(
+            "patch",
+            "tj",
+            "dpo-demo",
+            "rl-demo",
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            '{"spec":{"suspend":true}}',
         )
-        cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(job))
+        assert "trainerjob.vlmtrain.dev/sft-demo created" in examples, examples
         wait = cluster.kubectl(
             "wait",
             "--for=condition=Succeeded",
-            "tj/chart-sft",
+            "tj/sft-demo",
             "-n",
             ns,
-            "--timeout=300s",
+            "--timeout=400s",
             check=False,
-            timeout=320,
+            timeout=420,
         )
-        tj = get(cluster, "tj", "chart-sft", "-n", ns)
+        tj = get(cluster, "tj", "sft-demo", "-n", ns)
         assert wait.returncode == 0, json.dumps(tj.get("status"), indent=1)
-        assert tj["status"]["progress"]["step"] == 10
+        assert tj["status"]["progress"]["step"] == tj["status"]["progress"]["totalSteps"]
         assert condition(tj, "Admitted")["status"] == "True"
 
         def promoted() -> dict | None:
-            c = get(cluster, "ckpt", "chart-sft-final", "-n", ns)
+            c = get(cluster, "ckpt", "sft-demo-final", "-n", ns)
             return c if (c or {}).get("status", {}).get("phase") in ("Promoted", "Failed") else None
 
         final = wait_for("promotion", promoted, timeout=180)
         assert final["status"]["phase"] == "Promoted", final["status"]
-        assert get(cluster, "ckpt", "chart-sft-step-000005", "-n", ns)["status"]["verified"] is True
+        assert final["status"]["promotion"]["outputModel"] == "colour-sft"
+        assert get(cluster, "ckpt", "sft-demo-step-000025", "-n", ns)["status"]["verified"] is True
+        for name in ("dpo-demo", "rl-demo"):
+            wait_for(
+                f"{name} Suspended",
+                lambda name=name: (
+                    (get(cluster, "tj", name, "-n", ns) or {}).get("status", {}).get("phase")
+                    == "Suspended"
+                ),
+                timeout=60,
+            )
+
+        # GitOps: after the operator has worked on every object, re-applying the examples
+        # changes neither generation nor spec of any of them.
+        def snapshot() -> dict[str, tuple[int, str]]:
+            objs = get(cluster, "ts,tj,ckpt", "-n", ns)["items"]
+            return {
+                f"{o['kind']}/{o['metadata']['name']}": (
+                    o["metadata"]["generation"],
+                    json.dumps(o["spec"], sort_keys=True),
+                )
+                for o in objs
+            }
+
+        before = snapshot()
+        again = cluster.kubectl("apply", "-n", ns, "-R", "-f", str(REPO / "examples")).stdout
+        assert "configured" not in again and "created" not in again, again
+        assert snapshot() == before
         assert helm(cluster, "uninstall", "vlm", "-n", ns, "--wait").returncode == 0
     finally:
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
