@@ -248,15 +248,21 @@ def start_control_plane(workdir: Path, binaries: Binaries | None = None) -> Cont
             workdir,
             90,
         )
+        # Both components: the admin kubeconfig for API access and for delegated authn/authz of
+        # their own (unused) serving port, a free loopback port, no leader election.
+        component = [
+            f"--kubeconfig={cp.kubeconfig}",
+            f"--authentication-kubeconfig={cp.kubeconfig}",
+            f"--authorization-kubeconfig={cp.kubeconfig}",
+            "--bind-address=127.0.0.1",
+            "--leader-elect=false",
+            "--v=1",
+        ]
         cp.procs["kube-controller-manager"] = spawn(
             [
                 str(binaries.kube_controller_manager),
-                f"--kubeconfig={cp.kubeconfig}",
-                f"--authentication-kubeconfig={cp.kubeconfig}",
-                f"--authorization-kubeconfig={cp.kubeconfig}",
-                "--bind-address=127.0.0.1",
+                *component,
                 f"--secure-port={free_port()}",
-                "--leader-elect=false",
                 "--use-service-account-credentials=true",
                 f"--service-account-private-key-file={pki.sa_key}",
                 f"--root-ca-file={pki.ca_cert}",
@@ -264,21 +270,11 @@ def start_control_plane(workdir: Path, binaries: Binaries | None = None) -> Cont
                 f"--cluster-signing-key-file={pki.ca_key}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
-                "--v=1",
             ],
             logs / "kube-controller-manager.log",
         )
         cp.procs["kube-scheduler"] = spawn(
-            [
-                str(binaries.kube_scheduler),
-                f"--kubeconfig={cp.kubeconfig}",
-                f"--authentication-kubeconfig={cp.kubeconfig}",
-                f"--authorization-kubeconfig={cp.kubeconfig}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={free_port()}",
-                "--leader-elect=false",
-                "--v=1",
-            ],
+            [str(binaries.kube_scheduler), *component, f"--secure-port={free_port()}"],
             logs / "kube-scheduler.log",
         )
 

@@ -165,6 +165,18 @@ def condition(obj: dict[str, Any] | None, type: str) -> dict[str, Any] | None:
     return None
 
 
+def checkpoint_settled(
+    cluster: LocalCluster, ns: str, name: str, timeout: float = 240
+) -> dict[str, Any]:
+    """The Checkpoint once its promotion has ended (phase Promoted or Failed)."""
+
+    def settled() -> dict[str, Any] | None:
+        c = get(cluster, "ckpt", name, "-n", ns)
+        return c if (c or {}).get("status", {}).get("phase") in ("Promoted", "Failed") else None
+
+    return wait_for(f"checkpoint {name} promoted", settled, timeout=timeout)
+
+
 TINY_SHAPE = {
     "apiVersion": "vlmtrain.dev/v1alpha1",
     "kind": "TrainingShape",

@@ -16,6 +16,7 @@ from tests.cluster.local import LocalCluster
 from tests.integration.operator_env import (
     CHECKPOINT_STORAGE,
     MODEL_STORAGE,
+    checkpoint_settled,
     condition,
     get,
     install_crds,
@@ -105,11 +106,7 @@ def test_operator_under_the_charts_identity_runs_sft_end_to_end(
         assert tj["status"]["progress"]["step"] == tj["status"]["progress"]["totalSteps"]
         assert condition(tj, "Admitted")["status"] == "True"
 
-        def promoted() -> dict | None:
-            c = get(cluster, "ckpt", "sft-demo-final", "-n", ns)
-            return c if (c or {}).get("status", {}).get("phase") in ("Promoted", "Failed") else None
-
-        final = wait_for("promotion", promoted, timeout=180)
+        final = checkpoint_settled(cluster, ns, "sft-demo-final", timeout=180)
         assert final["status"]["phase"] == "Promoted", final["status"]
         assert final["status"]["promotion"]["outputModel"] == "colour-sft"
         assert get(cluster, "ckpt", "sft-demo-step-000025", "-n", ns)["status"]["verified"] is True

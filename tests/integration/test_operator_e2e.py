@@ -15,6 +15,7 @@ from tests.cluster.local import LocalCluster
 from tests.integration.operator_env import (
     DEMO_CLAIM,
     Operator,
+    checkpoint_settled,
     condition,
     get,
     trainer_job,
@@ -82,11 +83,7 @@ def test_sft_job_trains_checkpoints_and_promotes(
     ]
     assert cks[-1]["spec"]["final"] is True and len(cks) >= 3
 
-    def promoted() -> dict | None:
-        c = get(cluster, "ckpt", "sft-e2e-final", "-n", ns)
-        return c if (c or {}).get("status", {}).get("phase") in ("Promoted", "Failed") else None
-
-    final = wait_for("the final checkpoint's promotion", promoted, timeout=240)
+    final = checkpoint_settled(cluster, ns, "sft-e2e-final", timeout=240)
     assert final["status"]["phase"] == "Promoted", json.dumps(final["status"], indent=1)
     assert final["status"]["verified"] is True and final["status"]["sizeBytes"] > 0
     promotion = final["status"]["promotion"]
