@@ -94,6 +94,15 @@ class Dist:
         dist.broadcast_object_list(box, src=0, device=self._comm_device())
         return box[0]
 
+    def all_gather(self, obj: Any) -> list:
+        """Every rank's ``obj``, in rank order (``[obj]`` for one process). Contiguous shares
+        (``share``) make rank order the global order of a micro-batch."""
+        if not self.is_distributed:
+            return [obj]
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def barrier(self) -> None:
         if self.is_distributed:
             dist.barrier()

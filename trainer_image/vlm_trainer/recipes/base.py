@@ -255,7 +255,9 @@ class Recipe:
             }
             record, issues = parse_line(json.dumps(line), file="<dummy image>", line=1)
             assert record is not None, issues
-            self._dummy_image = self.zero_weight(self.renderer.render(record.conversation))
+            # Recipe's own hook: a subclass's zero_weight takes its own sample type (a pair).
+            rendered = self.renderer.render(record.conversation)
+            self._dummy_image = Recipe.zero_weight(self, rendered)
         return self._dummy_image
 
     def _restore(self, path: Path) -> None:

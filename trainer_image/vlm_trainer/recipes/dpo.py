@@ -26,6 +26,16 @@ Assumed and guaranteed:
   policy itself gives the chosen answer the higher log-prob (reference-free; about 50% for a
   model that has no preference, which the reward accuracy cannot show at the start, where
   every reward is 0).
+
+Several processes (``torchrun``; DDP on CPU, FSDP2 on GPUs, see ``distributed.py``):
+``batch_size`` counts pairs over all ranks and each rank trains on its contiguous share of each
+micro-batch (a pair travels whole, with the images of both sides). Every rank divides its
+summed pair losses by the global pair count of the step, so the summed gradient is the
+one-process gradient; the metrics are sums over all ranks, reported by rank 0. A rank whose
+share is empty gets a zero-weight copy of a pair, and a share without any image a zero-weight
+dummy image pair (index -1, masked out of the loss and the metrics), so every rank runs the
+vision tower every step. The reference runs per rank on that rank's pairs; the cached
+reference log-probs are computed in full by every rank (the same numbers as one process).
 """
 
 from __future__ import annotations
@@ -35,8 +45,7 @@ from pathlib import Path
 
 import torch
 
-from .. import distributed
-from ..config import ConfigError, DPOConfig, local_path
+from ..config import DPOConfig, local_path
 from ..data.collate import collate, model_inputs
 from ..data.stream import Pair, RecordStream
 from ..losses import dpo_losses, sequence_logprobs
@@ -94,11 +103,6 @@ class DPORecipe(Recipe):
 
     def setup(self) -> bool:
         cfg = self.cfg
-        if distributed.env_world_size() > 1:
-            # The loop is single-process; several ranks would each train alone.
-            raise ConfigError(
-                "dpo under torchrun (WORLD_SIZE > 1) is not supported yet: run one process"
-            )
         self.prepare_runtime()
         self.data_path = local_path(cfg.dataset)
         self.eval_path = local_path(cfg.eval_dataset) if cfg.eval_dataset else None
@@ -129,28 +133,52 @@ class DPORecipe(Recipe):
 
     def _reference_logprobs(self, pairs: list[Pair], split: str) -> tuple[torch.Tensor, ...]:
         if split in self.cache:
-            rows = self.cache[split][torch.tensor([p.index for p in pairs])].to(self.device)
+            rows = self.cache[split][torch.tensor([max(p.index, 0) for p in pairs])]
+            # Zero-weight pairs (index -1) get 0: their cached row may be NaN (truncated).
+            real = torch.tensor([p.index >= 0 for p in pairs]).unsqueeze(-1)
+            rows = torch.where(real, rows, torch.zeros_like(rows)).to(self.device)
             return rows[:, 0], rows[:, 1]
         with self.reference.model() as ref:
             c, r, _ = pair_logprobs(ref, self.renderer, pairs, self.device)
         return c.detach(), r.detach()
 
     # ---------------------------------------------------------------------------------- train
+    # Several processes: a pair is the unit of a share. Zero-weight pairs carry index -1 (a
+    # data pair's index is its record number, >= 0), which masks them out of loss and metrics.
+    def zero_weight(self, sample: Pair) -> Pair:
+        zero = super().zero_weight
+        return Pair(zero(sample.chosen), zero(sample.rejected), -1)
+
+    def has_image(self, sample: Pair) -> bool:
+        return super().has_image(sample.chosen) or super().has_image(sample.rejected)
+
+    def dummy_image_sample(self) -> Pair:
+        image = super().dummy_image_sample()
+        return Pair(image, image, -1)
+
     def next_batches(self, samples) -> list[list[Pair]]:
-        return self.take_micro_batches(samples)
+        """This rank's share of each micro-batch of the step (all of it for one process)."""
+        return [self.local_share(m) for m in self.take_micro_batches(samples)]
 
     def train_step(self, micro: list[list[Pair]], t0: float) -> dict:
         cfg = self.cfg
         t_data = time.perf_counter() - t0
-        n_pairs = sum(len(m) for m in micro)
+        # The global pair count: every rank's loss is divided by it and gradients are summed.
+        n_pairs = self.dist.all_sum(sum(p.index >= 0 for m in micro for p in m))
         sums = dict.fromkeys(("loss", "chosen", "rejected", "correct", "logp_c", "logp_r"), 0.0)
         tokens = 0
-        for pairs in micro:
+        for i, pairs in enumerate(micro):
+            real = torch.tensor([p.index >= 0 for p in pairs], device=self.device)
             ref_c, ref_r = self._reference_logprobs(pairs, "train")
-            pol_c, pol_r, n_tok = pair_logprobs(self.train_model, self.renderer, pairs, self.device)
-            loss, rew_c, rew_r = dpo_losses(pol_c, pol_r, ref_c, ref_r, cfg.beta, cfg.dpo_loss)
-            # Each micro-batch's share of the mean over the whole accumulated batch.
-            (loss.sum() / n_pairs).backward()
+            with self.dist.accumulate(self.train_model, last=i == len(micro) - 1):
+                pol_c, pol_r, n_tok = pair_logprobs(
+                    self.train_model, self.renderer, pairs, self.device
+                )
+                loss, rew_c, rew_r = dpo_losses(pol_c, pol_r, ref_c, ref_r, cfg.beta, cfg.dpo_loss)
+                loss = torch.where(real, loss, torch.zeros_like(loss))  # dummies train nothing
+                # Each micro-batch's share of the mean over the whole accumulated batch.
+                (loss.sum() / n_pairs).backward()
+            rew_c, rew_r, pol_c, pol_r = rew_c[real], rew_r[real], pol_c[real], pol_r[real]
             sums["loss"] += float(loss.detach().sum())
             sums["chosen"] += float(rew_c.sum())
             sums["rejected"] += float(rew_r.sum())
@@ -158,6 +186,10 @@ class DPORecipe(Recipe):
             sums["logp_c"] += float(pol_c.detach().sum())
             sums["logp_r"] += float(pol_r.detach().sum())
             tokens += n_tok
+        if self.dist.is_distributed:  # global metrics (tokens include the dummy rows)
+            totals = self.dist.all_sum(*sums.values(), tokens)
+            sums, tokens = dict(zip(sums, totals[:-1], strict=True)), int(totals[-1])
+            n_pairs = int(n_pairs)
         grad_norm, lr = self.optimizer_step()
         dt = time.perf_counter() - t0
         mean = {k: v / n_pairs for k, v in sums.items()}
