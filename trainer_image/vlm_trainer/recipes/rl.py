@@ -27,6 +27,20 @@ and its gradient is the policy gradient; the clip only acts with several updates
 batch, which this recipe does not do yet). ``batch_size`` counts prompts; a forward pass holds
 up to batch_size x completions_per_prompt sequences.
 
+Sampling: completion ``j`` of the prompt with record number ``i`` at optimizer step ``t`` draws
+from a generator seeded by ``(seed, t, i, j)`` (``rollout.SeededSampler``): independent of the
+batch it shares and of the world size, and replayed exactly on resume.
+
+Several processes (``torchrun``; DDP on CPU, FSDP2 on GPUs, see ``distributed.py``):
+``batch_size`` counts prompts over all ranks; each rank rolls out and trains its contiguous
+share of each micro-batch, a prompt's whole group on one rank (so group advantages are those
+of one process). The loss normaliser (completion tokens of the step) and every metric are
+global, gathered in global order, so the curve is the one-process curve. Every rank runs the
+same passes: a rank whose share has no image rolls out a dummy image prompt too (dropped), a
+micro-batch that trains on any rank trains on every rank (zero-weight rows where a rank kept
+nothing, a zero-weight dummy image where its rows have none), and under FSDP generation keeps
+stepping until every rank is done (``synced_gpus``), since each step all-gathers weights.
+
 Per-step metrics: ``reward_mean``, ``reward_std``, ``kl`` (mean k3 per completion token, when
 ``kl_beta > 0``), ``clip_fraction``, ``completion_length`` (mean generated tokens, stop token
 included), ``zero_variance_groups``, ``rollout_time_s``, ``rollout_tokens_per_second``, plus
@@ -37,12 +51,13 @@ SFT's ``loss``, ``lr``, ``grad_norm``, ``tokens_per_second`` ... Eval (with
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from dataclasses import dataclass
 
 import torch
 
-from .. import distributed
 from ..config import ConfigError, RLConfig, local_path
 from ..data.collate import collate, model_inputs
 from ..data.render import Rendered
@@ -50,7 +65,7 @@ from ..data.stream import Prompt, RecordStream
 from ..losses import group_advantages, k3_kl, ppo_clip_token_loss, token_logprobs
 from ..report import MultiReporter
 from ..rewards import RewardError, load_reward
-from ..rollout import RolloutStats, rollout
+from ..rollout import RolloutStats, rollout, sample_seed
 from .base import Recipe, run
 from .reference import Reference
 
@@ -74,11 +89,6 @@ class RLRecipe(Recipe):
 
     def setup(self) -> bool:
         cfg = self.cfg
-        if distributed.env_world_size() > 1:
-            # The loop is single-process; several ranks would each train alone.
-            raise ConfigError(
-                "rl under torchrun (WORLD_SIZE > 1) is not supported yet: run one process"
-            )
         try:
             self.reward_fn = load_reward(cfg.reward)  # a typo fails before any model loads
         except RewardError as e:
@@ -115,56 +125,121 @@ class RLRecipe(Recipe):
         logits = model(**inputs).logits / self.cfg.temperature
         return token_logprobs(logits, inputs["input_ids"])
 
+    def _prompt_share(self, prompts: list[Prompt]) -> list[Prompt]:
+        """This rank's prompts of one global micro-batch (all of them for one process). Copies
+        that must not count (an empty share's stand-in, the dummy image prompt) have index -1
+        (a record's index is >= 0)."""
+        if not self.dist.is_distributed:
+            return prompts
+        mine = self.dist.share(prompts, lambda p: dataclasses.replace(p, index=-1))
+        if not any(p.prompt.pixel_values is not None for p in mine):
+            mine = [*mine, self._dummy_image_prompt()]  # every rank's prefill runs the vision
+        return mine
+
+    def _dummy_image_prompt(self) -> Prompt:
+        """A one-image prompt (index -1), rendered once; its completions are dropped."""
+        if getattr(self, "_dummy_prompt", None) is None:
+            from PIL import Image
+
+            from ..data.images import encode_data_url
+            from ..data.jsonl import parse_line
+
+            url = encode_data_url(Image.new("RGB", (32, 32)))
+            image = {"type": "image_url", "image_url": {"url": url}}
+            line = {"messages": [{"role": "user", "content": [image]}]}
+            record, issues = parse_line(json.dumps(line), file="<dummy image>", line=1, mode="rl")
+            assert record is not None, issues
+            self._dummy_prompt = Prompt(self.renderer.render_prompt(record.conversation), -1)
+        return self._dummy_prompt
+
     def train_step(self, micro: list[list[Prompt]], t0: float) -> dict:
         cfg, r = self.cfg, self.renderer
         t_data = time.perf_counter() - t0
         stats = RolloutStats()
         # Phase 1: every rollout of the step first; the loss normaliser (completion tokens of
         # the whole step) must be known before the first backward.
-        planned: list[Planned] = []
-        rewards, lengths = [], []
-        skipped_groups = 0
+        planned: list[Planned] = []  # one per micro-batch: this rank's kept completions
+        spare: list[Rendered] = []  # one completion per micro-batch, for a zero-weight row
+        local: list[dict] = []  # per micro-batch: what the global numbers are made of
         for prompts in micro:
+            mine = self._prompt_share(prompts)
+            seeds = [sample_seed(cfg.seed, self.step, p.index) for p in mine]
             groups = rollout(
-                self.model, r, prompts, cfg.completions_per_prompt, cfg.max_completion_tokens,
-                cfg.temperature, cfg.top_p, stats=stats,
+                self.model, r, mine, cfg.completions_per_prompt, cfg.max_completion_tokens,
+                cfg.temperature, cfg.top_p, stats=stats, seeds=seeds,
+                synced=self.dist.strategy == "fsdp",
             )  # fmt: skip
-            rw = self._rewards(prompts, groups)
-            adv, keep = group_advantages(rw)
-            rewards.append(rw.flatten())
-            lengths += [c.num_tokens for g in groups for c in g]
-            skipped_groups += int((~keep).sum())
-            kept = [(c.sample, a) for g, k, ag in zip(groups, keep, adv, strict=True) if k
-                    for c, a in zip(g, ag.tolist(), strict=True)]  # fmt: skip
-            if kept:
-                planned.append(Planned([s for s, _ in kept], torch.tensor([a for _, a in kept])))
-        denom = max(sum(s.num_weighted for p in planned for s in p.samples), 1)
+            spare.append(groups[0][0].sample)
+            real = [(p, g) for p, g in zip(mine, groups, strict=True) if p.index >= 0]
+            kept, rewards, lengths, skipped = [], [], [], 0
+            if real:
+                rw = self._rewards([p for p, _ in real], [g for _, g in real])
+                adv, keep = group_advantages(rw)
+                rewards = rw.flatten().tolist()
+                lengths = [c.num_tokens for _, g in real for c in g]
+                skipped = int((~keep).sum())
+                kept = [(c.sample, a) for (_, g), k, ag in zip(real, keep, adv, strict=True) if k
+                        for c, a in zip(g, ag.tolist(), strict=True)]  # fmt: skip
+            planned.append(Planned([s for s, _ in kept], torch.tensor([a for _, a in kept])))
+            local.append({
+                "rewards": rewards, "lengths": lengths, "skipped": skipped, "kept": len(kept),
+                "weighted": sum(s.num_weighted for s, _ in kept),
+                "images": sum(s.pixel_values is not None for s, _ in kept),
+            })  # fmt: skip
+        # Every rank's numbers, micro-batch by micro-batch in rank order: the global order.
+        ranks = self.dist.all_gather(local)
+        rows = [by_rank[i] for i in range(len(micro)) for by_rank in ranks]
+        trained = sum(m["weighted"] for m in rows)
+        denom = max(trained, 1)
+        active = [i for i in range(len(micro)) if any(by_rank[i]["kept"] for by_rank in ranks)]
+        drop_grads = False
+        if self.dist.is_distributed:
+            self.step_images = sum(m["images"] for m in rows)  # see optimizer_step
+            if not active:  # DDP reduces once per step: a zero-weight pass, then no gradients
+                active, drop_grads = [0], True
 
         # Phase 2: forward/backward of the kept completions, one micro-batch at a time.
         loss_total, kl_sum, clipped_sum, tokens = 0.0, 0.0, 0.0, 0
-        for p in planned:
-            batch = collate(p.samples, r.pad_token_id, r.image_token_id)
+        for n, i in enumerate(active):
+            samples, advantages = planned[i].samples, planned[i].advantages
+            if self.dist.is_distributed:  # the same passes on every rank, vision included
+                if not samples:
+                    samples, advantages = [self.zero_weight(spare[i])], torch.zeros(1)
+                if not any(self.has_image(s) for s in samples):
+                    samples = [*samples, self.dummy_image_sample()]
+                    advantages = torch.cat([advantages, torch.zeros(1)])
+            batch = collate(samples, r.pad_token_id, r.image_token_id)
             mask = batch["weights"][:, 1:].to(self.device)
-            logp = self._logprobs(self.train_model, batch)
-            # One update per rollout: the rollout-time log-probs are these, detached.
-            per_token, clipped = ppo_clip_token_loss(
-                logp, logp.detach(), p.advantages.to(self.device), cfg.eps_clip, cfg.eps_clip_high
-            )
-            if self.reference is not None:
-                with self.reference.model() as ref:
-                    ref_logp = self._logprobs(ref, batch)
-                kl = k3_kl(logp, ref_logp)
-                per_token = per_token + cfg.kl_beta * kl
-                kl_sum += float((kl.detach() * mask).sum())
-            loss = (per_token * mask).sum() / denom
-            loss.backward()
+            with self.dist.accumulate(self.train_model, last=n == len(active) - 1):
+                logp = self._logprobs(self.train_model, batch)
+                # One update per rollout: the rollout-time log-probs are these, detached.
+                per_token, clipped = ppo_clip_token_loss(
+                    logp, logp.detach(), advantages.to(self.device), cfg.eps_clip,
+                    cfg.eps_clip_high,
+                )  # fmt: skip
+                if self.reference is not None:
+                    with self.reference.model() as ref:
+                        ref_logp = self._logprobs(ref, batch)
+                    kl = k3_kl(logp, ref_logp)
+                    per_token = per_token + cfg.kl_beta * kl
+                    kl_sum += float((kl.detach() * mask).sum())
+                loss = (per_token * mask).sum() / denom
+                loss.backward()
             loss_total += float(loss.detach())
             clipped_sum += float((clipped.float() * mask).sum())
             tokens += int(batch["attention_mask"].sum())
+        if drop_grads:
+            self.optimizer.zero_grad(set_to_none=True)
+        if self.dist.is_distributed:  # global sums (tokens include the dummy rows)
+            loss_total, kl_sum, clipped_sum, tokens = self.dist.all_sum(
+                loss_total, kl_sum, clipped_sum, tokens
+            )
+            tokens = int(tokens)
+        lengths = [x for m in rows for x in m["lengths"]]
+        all_rewards = torch.tensor([x for m in rows for x in m["rewards"]], dtype=torch.float32)
+        skipped_groups = sum(m["skipped"] for m in rows)
         grad_norm, lr = self.optimizer_step()
         dt = time.perf_counter() - t0
-        all_rewards = torch.cat(rewards)
-        trained = sum(s.num_weighted for p in planned for s in p.samples)
         metrics = {
             "step": self.step,
             "total_steps": self.total_steps,
@@ -182,9 +257,7 @@ class RLRecipe(Recipe):
             "samples": len(lengths),
             "tokens_per_second": round(tokens / dt, 1),
             "rollout_time_s": round(stats.seconds, 4),
-            "rollout_tokens_per_second": round(
-                stats.generated_tokens / max(stats.seconds, 1e-9), 1
-            ),
+            "rollout_tokens_per_second": round(sum(lengths) / max(stats.seconds, 1e-9), 1),
             "step_time_s": round(dt, 4),
             "data_time_s": round(t_data, 4),
             "skipped_records": self.stream.skipped,
@@ -206,8 +279,9 @@ class RLRecipe(Recipe):
         def score(prompts: list[Prompt]) -> None:
             nonlocal total, count, length
             groups = rollout(
-                self.model, self.renderer, prompts, 1, cfg.max_completion_tokens, greedy=True
-            )
+                self.model, self.renderer, prompts, 1, cfg.max_completion_tokens, greedy=True,
+                synced=self.dist.strategy == "fsdp",
+            )  # fmt: skip
             total += float(self._rewards(prompts, groups).sum())
             count += len(prompts)
             length += sum(g[0].num_tokens for g in groups)
