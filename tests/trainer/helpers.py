@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,44 @@ def write_config(path: Path, **keys) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+# -- several processes on CPU (torchrun, gloo) -------------------------------------------------
+
+TORCHRUN = str(Path(sys.executable).parent / "torchrun")
+DIST_ENV = {"OMP_NUM_THREADS": "1", "VLM_DIST_TIMEOUT_S": "120"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(
+    cfg: Path, nproc: int = 2, mode: str = "sft", **env: str
+) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node nproc -m vlm_trainer.cli MODE --config CFG``."""
+    argv = [TORCHRUN, f"--nproc_per_node={nproc}", f"--master-port={free_port()}"]
+    argv += ["-m", "vlm_trainer.cli", mode, "--config", str(cfg)]
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **DIST_ENV, **env}
+    return subprocess.run(argv, capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=300)
+
+
+def torchrun_ok(cfg: Path, mode: str = "sft", **env: str) -> subprocess.CompletedProcess:
+    out = torchrun(cfg, mode=mode, **env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out
+
+
+def assert_close_curves(a: list, b: list, tol: float = 1e-5) -> float:
+    """Two ``[(step, value, ...)]`` curves: the same steps, every value within ``tol``.
+    Returns the largest difference."""
+    assert [s for s, *_ in a] == [s for s, *_ in b] and a
+    worst = max(
+        abs(x - y)
+        for (_, *xs), (_, *ys) in zip(a, b, strict=True)
+        for x, y in zip(xs, ys, strict=True)
+    )
+    assert worst <= tol, f"curves differ by up to {worst:.2e}: {a} vs {b}"
+    return worst

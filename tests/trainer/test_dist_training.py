@@ -10,16 +10,18 @@ trains without hanging; a peer that never arrives is a clear error, not a hang.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.trainer.helpers import ROOT, run_cli
+from tests.trainer.helpers import (
+    assert_close_curves,
+    free_port,
+    run_cli,
+    torchrun,
+    torchrun_ok,
+)
 from tests.trainer.test_sft_resume import (
     assert_same_weights,
     config,
@@ -29,33 +31,6 @@ from tests.trainer.test_sft_resume import (
 )
 
 pytestmark = [pytest.mark.trainer]
-TORCHRUN = str(Path(sys.executable).parent / "torchrun")
-DIST_ENV = {"OMP_NUM_THREADS": "1", "VLM_DIST_TIMEOUT_S": "120"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(cfg: Path, nproc: int = 2, **env: str) -> subprocess.CompletedProcess:
-    argv = [TORCHRUN, f"--nproc_per_node={nproc}", f"--master-port={free_port()}"]
-    argv += ["-m", "vlm_trainer.cli", "sft", "--config", str(cfg)]
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **DIST_ENV, **env}
-    return subprocess.run(argv, capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=300)
-
-
-def torchrun_ok(cfg: Path, **env: str) -> subprocess.CompletedProcess:
-    out = torchrun(cfg, **env)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    return out
-
-
-def assert_close_curves(a: list, b: list, tol: float = 1e-5) -> None:
-    assert [s for s, _ in a] == [s for s, _ in b] and a
-    worst = max(abs(x - y) for (_, x), (_, y) in zip(a, b, strict=True))
-    assert worst <= tol, f"loss curves differ by up to {worst:.2e}: {a} vs {b}"
 
 
 @pytest.fixture(scope="module")
