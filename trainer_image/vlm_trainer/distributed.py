@@ -13,7 +13,8 @@ Supported:
   a hang. (With torchrun, a missing *node* is first caught by torchrun's own rendezvous, whose
   timeout is ``--rdzv-conf timeout=`` or ``PET_RDZV_CONF``; 600 s by default.)
 - Strategy (``VLM_DIST_STRATEGY``): ``fsdp`` (default on CUDA) is FSDP2 ``fully_shard`` on every
-  block the model lists in ``_no_split_modules`` (decoder layers, vision blocks) and on the root,
+  block the model lists in ``_no_split_modules`` (decoder layers, vision blocks), on the vision
+  tower (``visual``) and on the root,
   bf16 compute with fp32 gradient reduction on CUDA; ``ddp`` (default on CPU) is
   ``DistributedDataParallel``. Both reduce gradients by *sum*, not mean: each rank divides its
   loss by the global number of weighted tokens (``Dist.all_sum``), so the summed gradient is
@@ -238,6 +239,12 @@ def wrap(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
     blocks = _block_classes(model)
     for m in list(model.modules()):
         if type(m).__name__ in blocks:
+            fully_shard(m, mp_policy=mp)
+    # The vision tower as a unit of its own (after its blocks: a unit takes the parameters no
+    # inner unit holds): HF's generate encodes images by calling it directly, outside the root
+    # forward whose hook would otherwise be what gathers the patch embedding.
+    for name, m in list(model.named_modules()):
+        if name.rsplit(".", 1)[-1] == "visual":
             fully_shard(m, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
     for m in model.modules():  # each fully_shard unit reduces its own gradients

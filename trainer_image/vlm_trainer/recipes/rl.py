@@ -104,7 +104,21 @@ class RLRecipe(Recipe):
         self.reference = (
             Reference(self.model, cfg, self.dtype, self.device) if cfg.kl_beta > 0 else None
         )
+        if self.dist.strategy == "fsdp":
+            self._fsdp_warm_up()
         return True
+
+    @torch.no_grad()
+    def _fsdp_warm_up(self) -> None:
+        """One forward through the FSDP root on every rank before the first rollout: HF's
+        generate encodes images by calling the vision tower directly, and FSDP2 must have met
+        its root first (else "FSDP requires running forward through the root module first").
+        Eval mode: no dropout, so no RNG is drawn that one process would not draw."""
+        r = self.renderer
+        batch = collate([self.dummy_image_sample()], r.pad_token_id, r.image_token_id)
+        self.model.eval()
+        self.model(**model_inputs(batch, self.device))
+        self.model.train()
 
     # ---------------------------------------------------------------------------------- train
     def next_batches(self, samples) -> list[list[Prompt]]:
