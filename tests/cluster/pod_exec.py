@@ -6,7 +6,8 @@ container's argv in its working directory with its environment. Because `unshare
 `--fork` and this script both exec in place, the container keeps the PID the runner started:
 SIGTERM/SIGKILL from the runner reach it directly.
 
-Argument: the path of a JSON file {"argv", "env", "cwd", "mounts": [{source,target,read_only}]}.
+Argument: the path of a JSON file {"argv", "env", "cwd", "mounts": [{source,target,read_only}],
+"keep": [host folders that must stay visible]}.
 Assumes root (mount namespaces); missing mount points are created on the host's filesystem as
 empty folders/files, which is harmless outside the namespace.
 """
@@ -30,7 +31,10 @@ def _bind(fd: int, is_dir: bool, target: str, read_only: bool) -> None:
             t.touch()
     # The source is named through an fd opened before any mount: a volume mounted at /tmp
     # would otherwise hide sources that live under /tmp (the runner's state folder often does).
-    subprocess.run(["mount", "--bind", f"/proc/self/fd/{fd}", target], check=True, pass_fds=(fd,))
+    # --no-canonicalize: mount(8) would otherwise turn the fd link back into a path string,
+    # which resolves to whatever is mounted there now.
+    src = f"/proc/self/fd/{fd}"
+    subprocess.run(["mount", "--no-canonicalize", "--bind", src, target], check=True, pass_fds=(fd,))
     if read_only:
         subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True)
 
@@ -42,8 +46,16 @@ def main() -> None:
     opened = [
         (os.open(m["source"], os.O_PATH), Path(m["source"]).is_dir(), m) for m in spec["mounts"]
     ]
+    # The host folders that stand in for the image (the project, its virtualenv, Python): a
+    # volume mounted over one of their parents (an emptyDir at /tmp, say) must not hide them.
+    keep = [(os.open(k, os.O_PATH), k) for k in spec.get("keep", []) if Path(k).is_dir()]
     for fd, is_dir, m in opened:
         _bind(fd, is_dir, m["target"], m["read_only"])
+        os.close(fd)
+    targets = [m["target"].rstrip("/") + "/" for m in spec["mounts"]]
+    for fd, path in keep:
+        if any(path.startswith(t) for t in targets):
+            _bind(fd, True, path, True)
         os.close(fd)
     cwd = spec.get("cwd") or "/"
     Path(cwd).mkdir(parents=True, exist_ok=True)

@@ -318,6 +318,7 @@ class PodWorker(threading.Thread):
                     "env": env,
                     "cwd": c.get("workingDir"),
                     "mounts": [m.__dict__ for m in mounts],
+                    "keep": self.runner.keep_visible,
                 }
             )
         )
@@ -413,6 +414,12 @@ class PodRunner:
         self.entrypoints = entrypoints
         self.path_prefix = path_prefix
         self.repo = Path(__file__).resolve().parents[2]
+        # What plays the image's filesystem: the project, its venv and the Python it runs on.
+        # Real paths only (a symlinked .venv is reached through its target), outermost only.
+        real = sorted(
+            {str(p.resolve()) for p in (self.repo, Path(sys.prefix), Path(sys.base_prefix))}
+        )
+        self.keep_visible = [p for p in real if not any(p.startswith(q + "/") for q in real)]
         # Every pod this runner started, by uid, kept after it ends so that late watch events
         # (a stale "Pending") never start it twice.
         self.workers: dict[str, PodWorker] = {}
