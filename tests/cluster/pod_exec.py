@@ -34,7 +34,8 @@ def _bind(fd: int, is_dir: bool, target: str, read_only: bool) -> None:
     # --no-canonicalize: mount(8) would otherwise turn the fd link back into a path string,
     # which resolves to whatever is mounted there now.
     src = f"/proc/self/fd/{fd}"
-    subprocess.run(["mount", "--no-canonicalize", "--bind", src, target], check=True, pass_fds=(fd,))
+    argv = ["mount", "--no-canonicalize", "--bind", src, target]
+    subprocess.run(argv, check=True, pass_fds=(fd,))
     if read_only:
         subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True)
 
