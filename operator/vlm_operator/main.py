@@ -60,7 +60,7 @@ def _resync() -> None:
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    configure_kopf(settings, SETTINGS.log_format)
+    configure_kopf(settings)
     metrics.serve(int(os.environ.get("VLM_METRICS_PORT", "9090")))
     QUEUE.start()
     threading.Thread(target=_resync, name="resync", daemon=True).start()

@@ -24,6 +24,7 @@ JOBS = Gauge("vlm_operator_trainerjobs", "TrainerJobs by phase", ["phase"])
 CHECKPOINTS = Gauge("vlm_operator_checkpoints", "Checkpoints by phase", ["phase"])
 
 _phases: dict[str, dict[str, str]] = {"TrainerJob": {}, "Checkpoint": {}}
+_reported: dict[str, set[str]] = {"TrainerJob": set(), "Checkpoint": set()}  # gauge labels so far
 _lock = threading.Lock()
 
 
@@ -37,12 +38,9 @@ def observe_phase(kind: str, key: str, phase: str | None) -> None:
         else:
             seen[key] = phase
         counts = Tally(seen.values())
-        for p in set(counts) | {lbl[0] for lbl in _labels(gauge)}:
+        _reported[kind] |= set(counts)  # a phase that empties must drop to 0, not vanish
+        for p in _reported[kind]:
             gauge.labels(phase=p).set(counts.get(p, 0))
-
-
-def _labels(gauge: Gauge) -> list[tuple[str, ...]]:
-    return list(gauge._metrics)  # the label sets created so far
 
 
 @contextmanager

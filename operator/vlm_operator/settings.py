@@ -52,7 +52,7 @@ class Settings:
         )
 
 
-def configure_kopf(s: kopf.OperatorSettings, log_format: str) -> None:
+def configure_kopf(s: kopf.OperatorSettings) -> None:
     """Annotation-based progress storage, bounded retries with backoff, quiet event posting."""
     s.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     s.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -65,5 +65,3 @@ def configure_kopf(s: kopf.OperatorSettings, log_format: str) -> None:
     s.watching.server_timeout = 300
     s.watching.client_timeout = 330
     s.networking.request_timeout = 30
-    if log_format == "json":
-        s.posting.enabled = True
