@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tiny_model import build_tiny_model  # benchmarks/ is on sys.path when run as a script
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -57,17 +59,6 @@ def write_dataset(path: Path, n: int, seed: int = 0) -> int:
         for _ in range(n):
             f.write(json.dumps(jpeg_record(rng)) + "\n")
     return path.stat().st_size
-
-
-def build_tiny_model(out: Path) -> Path:
-    """Built in a child process, as a user would: building it here (BPE training, model init)
-    was seen to slow down what this process measures afterwards."""
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "vlm_trainer.cli", "make-tiny-model", str(out)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return out
 
 
 def main() -> None:

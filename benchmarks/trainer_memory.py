@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tiny_model import build_tiny_model  # benchmarks/ is on sys.path when run as a script
+
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -31,14 +33,6 @@ def peak_rss_mb(argv: list[str]) -> float:
     if proc.returncode != 0:
         raise RuntimeError(f"{argv} failed ({proc.returncode}): {proc.stderr.read()[-2000:]!r}")
     return round(usage.ru_maxrss / 1024, 1)
-
-
-def build_tiny_model(out: Path) -> Path:
-    """Built in a child process, as a user would: building it here (BPE training, model init)
-    was seen to slow down what this process measures afterwards."""
-    cmd = [sys.executable, "-m", "vlm_trainer.cli", "make-tiny-model", str(out)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return out
 
 
 def main() -> None:

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tiny_model import build_tiny_model  # benchmarks/ is on sys.path when run as a script
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -84,17 +86,6 @@ def trl(model_dir: Path, data: Path, out: Path, args) -> dict:
     return {"steps": result.global_step, "tokens": tokens["n"], "wall_s": round(wall, 2),
             "tokens_per_s": round(tokens["n"] / wall, 1),
             "mean_loss": round(result.training_loss, 4)}  # fmt: skip
-
-
-def build_tiny_model(out: Path) -> Path:
-    """Built in a child process, as a user would: building it here (BPE training, model init)
-    was seen to slow down what this process measures afterwards."""
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "vlm_trainer.cli", "make-tiny-model", str(out)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return out
 
 
 def main() -> None:
