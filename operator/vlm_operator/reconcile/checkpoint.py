@@ -25,11 +25,9 @@ from vlm_operator.builders.checkpoint import (
     CONTAINER,
     model_uri,
     promote_job,
-    task_job_name,
     verify_job,
 )
-from vlm_operator.builders.labels import CHECKPOINT_LABEL
-from vlm_operator.reconcile.job_status import last_failure
+from vlm_operator.reconcile.job_status import job_condition, last_failure
 from vlm_operator.reconcile.serial import serial
 from vlm_operator.settings import Settings
 
@@ -46,20 +44,17 @@ def wanted_output_model(ck: dict[str, Any], tj: dict[str, Any] | None) -> str | 
     return None
 
 
-def _job_done(job: dict[str, Any]) -> str | None:
-    for c in (job.get("status") or {}).get("conditions") or []:
-        if c.get("type") in ("Complete", "Failed") and c.get("status") == "True":
-            return c["type"]
-    return None
-
-
-def _result(ck: dict[str, Any], task: str) -> tuple[str | None, int | None, str]:
-    """(Complete|Failed|None, exit code, termination message) of the task Job's pod."""
-    ns, name = ck["metadata"]["namespace"], ck["metadata"]["name"]
-    job = kube.get("Job", ns, task_job_name(name, task))
-    if job is None or (done := _job_done(job)) is None:
+def _run_task(ck: dict[str, Any], task_job: dict[str, Any]) -> tuple[str | None, int | None, str]:
+    """Start the task Job unless it exists; (Complete|Failed|None, exit code, termination
+    message) of its pod."""
+    ns = ck["metadata"]["namespace"]
+    job = kube.get("Job", ns, task_job["metadata"]["name"])
+    if job is None:
+        job, _ = kube.create(task_job)
+    done = next((t for t in ("Complete", "Failed") if job_condition(job, t)), None)
+    if done is None:
         return None, None, ""
-    pods = kube.list_objects("Pod", ns, {CHECKPOINT_LABEL: name[:63], "vlmtrain.dev/task": task})
+    pods = kube.list_objects("Pod", ns, task_job["spec"]["template"]["metadata"]["labels"])
     if done == "Failed":
         code, message = last_failure(pods, CONTAINER)
         return done, code, message
@@ -112,8 +107,7 @@ def _next_status(ck: dict[str, Any], settings: Settings) -> dict[str, Any] | Non
 
     out: dict[str, Any] = {"observedGeneration": gen}
     if phase in (None, P.VERIFYING):
-        kube.create(verify_job(ck, settings.trainer_image))
-        done, code, message = _result(ck, "verify")
+        done, code, message = _run_task(ck, verify_job(ck, settings.trainer_image))
         if done is None:
             cond(
                 C.VERIFIED,
@@ -144,8 +138,8 @@ def _next_status(ck: dict[str, Any], settings: Settings) -> dict[str, Any] | Non
     if output is None:
         cond(C.PROMOTED, False, Reason.NOT_REQUESTED, "spec.promote is not set")
         return out | {"phase": P.AVAILABLE, "conditions": conds}
-    kube.create(promote_job(ck, output, settings.model_storage, settings.trainer_image))
-    done, code, message = _result(ck, "promote")
+    job = promote_job(ck, output, settings.model_storage, settings.trainer_image)
+    done, code, message = _run_task(ck, job)
     if done is None:
         cond(C.PROMOTED, "Unknown", Reason.PROMOTION_RUNNING, f"writing model {output}")
         return out | {"phase": P.PROMOTING, "conditions": conds}

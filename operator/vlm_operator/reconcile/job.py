@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 from vlm_operator import kube, metrics
@@ -28,11 +29,10 @@ from vlm_operator.api import (
 )
 from vlm_operator.api.conditions import is_condition_true
 from vlm_operator.api.job import shape_violations
-from vlm_operator.builders.config import trainer_config, validate_for_trainer
+from vlm_operator.builders.config import CONFIG_KEY, validate_for_trainer
 from vlm_operator.builders.job import trainer_workload
 from vlm_operator.builders.labels import JOB_LABEL, TASK_LABEL, without_status
 from vlm_operator.builders.rbac import trainer_rbac
-from vlm_operator.builders.storage import StorageMounts
 from vlm_operator.reconcile.job_status import derive_status
 from vlm_operator.reconcile.serial import serial
 from vlm_operator.settings import Settings
@@ -77,12 +77,12 @@ def admission(
         return _not_admitted(tj, Reason.INVALID_SPEC, str(e), True), []
     if problems := shape_violations(job.spec, shp.spec, spec_shape):
         return _not_admitted(tj, Reason.INVALID_SPEC, "; ".join(problems), True), []
-    cfg = trainer_config(job, shp, settings.checkpoint_storage, StorageMounts())
+    workload = trainer_workload(tj, shape, settings.checkpoint_storage, settings.trainer_image)
+    # The trainer's verdict on exactly the config file its pods will read (the ConfigMap).
+    cfg = yaml.safe_load(workload[0]["data"][CONFIG_KEY])
     if error := validate_for_trainer(str(job.spec.mode), cfg):
         return _not_admitted(tj, Reason.INVALID_SPEC, f"trainer config: {error}", True), []
-    children = trainer_rbac(tj) + trainer_workload(
-        tj, shape, settings.checkpoint_storage, settings.trainer_image
-    )
+    children = trainer_rbac(tj) + workload
     return None, children
 
 

@@ -19,7 +19,7 @@ from vlm_operator.builders.job import CONTAINER, EXIT_CONFIG_INVALID, EXIT_DATA_
 MAX_MESSAGE = 2000
 
 
-def _job_condition(job: dict[str, Any], type: str) -> dict[str, Any] | None:
+def job_condition(job: dict[str, Any], type: str) -> dict[str, Any] | None:
     for c in (job.get("status") or {}).get("conditions") or []:
         if c.get("type") == type and c.get("status") == "True":
             return c
@@ -109,13 +109,13 @@ def derive_status(
     cond(C.ADMITTED, True, Reason.SHAPE_RESOLVED, f"shape version {old.get('shapeVersion', '?')}")
     queued = bool(tj["spec"].get("queueName")) and not tj["spec"].get("suspend")
 
-    if done := _job_condition(job, "Complete"):
+    if done := job_condition(job, "Complete"):
         out["phase"] = JobPhase.SUCCEEDED
         out["completionTime"] = js.get("completionTime") or done.get("lastTransitionTime")
         cond(C.SUCCEEDED, True, Reason.COMPLETED, "training finished; final checkpoint written")
         cond(C.RUNNING, False, Reason.COMPLETED)
         cond(C.FAILED, False, Reason.COMPLETED)
-    elif fail := _job_condition(job, "Failed"):
+    elif fail := job_condition(job, "Failed"):
         code, message = last_failure(pods)
         reason = failure_reason(fail.get("reason"), code)
         out["phase"] = JobPhase.FAILED

@@ -1,8 +1,8 @@
 """TrainingShape: validate, stamp `status.version` (a hash of the spec), set Ready.
 
 A shape that fails the model's validation (which mirrors the CRD's) is Ready=False/InvalidSpec.
-Returns the TrainerJobs waiting for this shape, so the caller can reconcile them at once instead
-of waiting for the resync timer.
+When the status changes, returns the TrainerJobs waiting for this shape, so the caller can
+reconcile them at once instead of waiting for the resync timer.
 """
 
 from __future__ import annotations
@@ -52,10 +52,11 @@ def reconcile_shape(body: dict[str, Any]) -> list[tuple[str, str]]:
     name = body["metadata"]["name"]
     status = desired_status(body)
     old = body.get("status") or {}
-    if any(old.get(k) != v for k, v in status.items()):
-        kube.merge_patch("TrainingShape", None, name, {"status": status}, status=True)
-        log.info("TrainingShape %s: version %s", name, status.get("version"))
-        metrics.RECONCILES.labels(kind="TrainingShape", result="updated").inc()
+    if all(old.get(k) == v for k, v in status.items()):
+        return []  # nothing new for waiting jobs: they only wait for a change of the shape
+    kube.merge_patch("TrainingShape", None, name, {"status": status}, status=True)
+    log.info("TrainingShape %s: version %s", name, status.get("version"))
+    metrics.RECONCILES.labels(kind="TrainingShape", result="updated").inc()
     waiting = []
     for tj in kube.list_objects("TrainerJob"):
         st = tj.get("status") or {}
