@@ -165,16 +165,49 @@ def condition(obj: dict[str, Any] | None, type: str) -> dict[str, Any] | None:
     return None
 
 
+def settled(
+    cluster: LocalCluster, kind: str, ns: str, name: str, phases: tuple[str, ...], timeout: float
+) -> dict[str, Any]:
+    """The object once its status.phase is one of `phases`."""
+
+    def done() -> dict[str, Any] | None:
+        obj = get(cluster, kind, name, "-n", ns)
+        return obj if (obj or {}).get("status", {}).get("phase") in phases else None
+
+    return wait_for(f"{kind} {name} to reach {'/'.join(phases)}", done, timeout=timeout)
+
+
+def finished(cluster: LocalCluster, ns: str, name: str, timeout: float = 240) -> dict[str, Any]:
+    """The TrainerJob once it Succeeded or Failed."""
+    return settled(cluster, "tj", ns, name, ("Succeeded", "Failed"), timeout)
+
+
 def checkpoint_settled(
     cluster: LocalCluster, ns: str, name: str, timeout: float = 240
 ) -> dict[str, Any]:
     """The Checkpoint once its promotion has ended (phase Promoted or Failed)."""
+    return settled(cluster, "ckpt", ns, name, ("Promoted", "Failed"), timeout)
 
-    def settled() -> dict[str, Any] | None:
-        c = get(cluster, "ckpt", name, "-n", ns)
-        return c if (c or {}).get("status", {}).get("phase") in ("Promoted", "Failed") else None
 
-    return wait_for(f"checkpoint {name} promoted", settled, timeout=timeout)
+#: Hyperparameters of a short run (4 steps) for tests that only need the trainer to run.
+SMALL = {"learningRate": 0.003, "epochs": 1, "batchSize": 8, "maxSteps": 4, "maxSeqLen": 256}
+
+
+def apply(cluster: LocalCluster, ns: str, obj: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(obj))
+
+
+def no_running_pods(cluster: LocalCluster, ns: str) -> bool:
+    pods = (get(cluster, "pods", "-n", ns) or {}).get("items", [])
+    return all(p["status"].get("phase") in ("Succeeded", "Failed") for p in pods)
+
+
+def json_line(line: str) -> dict[str, Any]:
+    """A JSON object from a log line, or {} for anything else (a cut or plain-text line)."""
+    try:
+        return json.loads(line) if line.startswith("{") else {}
+    except ValueError:
+        return {}
 
 
 TINY_SHAPE = {

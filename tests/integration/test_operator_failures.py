@@ -10,34 +10,20 @@ import pytest
 from tests.cluster.local import LocalCluster
 from tests.integration.operator_env import (
     DEMO_CLAIM,
+    SMALL,
     TINY_SHAPE,
     Operator,
+    apply,
     condition,
+    finished,
     get,
+    json_line,
+    no_running_pods,
     trainer_job,
     wait_for,
 )
 
 pytestmark = pytest.mark.integration
-
-SMALL = {"learningRate": 0.003, "epochs": 1, "batchSize": 8, "maxSteps": 4, "maxSeqLen": 256}
-
-
-def apply(cluster: LocalCluster, ns: str, obj: dict) -> None:
-    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(obj))
-
-
-def finished(cluster: LocalCluster, ns: str, name: str, timeout: float = 240) -> dict:
-    def done() -> dict | None:
-        tj = get(cluster, "tj", name, "-n", ns)
-        return tj if (tj or {}).get("status", {}).get("phase") in ("Succeeded", "Failed") else None
-
-    return wait_for(f"TrainerJob {name} to finish", done, timeout=timeout)
-
-
-def no_running_pods(cluster: LocalCluster, ns: str) -> bool:
-    pods = (get(cluster, "pods", "-n", ns) or {}).get("items", [])
-    return all(p["status"].get("phase") in ("Succeeded", "Failed") for p in pods)
 
 
 def test_unknown_shape_then_recovery(
@@ -199,10 +185,3 @@ def test_deleted_pod_is_retried_and_resumes_from_checkpoint(
         e for e in map(json_line, logs[-1].read_text().splitlines()) if e.get("event") == "start"
     ]
     assert starts and starts[0].get("resumed_step", 0) >= 5, logs[-1].read_text()[-2000:]
-
-
-def json_line(line: str) -> dict:
-    try:
-        return json.loads(line) if line.startswith("{") else {}
-    except ValueError:
-        return {}

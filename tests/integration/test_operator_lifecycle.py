@@ -9,8 +9,16 @@ import time
 import pytest
 
 from tests.cluster.local import LocalCluster
-from tests.integration.operator_env import Operator, condition, get, trainer_job, wait_for
-from tests.integration.test_operator_failures import SMALL, apply, finished
+from tests.integration.operator_env import (
+    SMALL,
+    Operator,
+    apply,
+    condition,
+    finished,
+    get,
+    trainer_job,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 

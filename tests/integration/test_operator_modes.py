@@ -15,11 +15,12 @@ from tests.cluster.local import LocalCluster
 from tests.integration.operator_env import (
     DEMO_CLAIM,
     Operator,
+    apply,
     checkpoint_settled,
+    finished,
     get,
     trainer_job,
 )
-from tests.integration.test_operator_failures import apply, finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -17,12 +17,15 @@ from tests.cluster.local import LocalCluster
 from tests.integration.operator_env import (
     TINY_SHAPE,
     Operator,
+    apply,
     condition,
+    finished,
     get,
+    json_line,
+    no_running_pods,
     trainer_job,
     wait_for,
 )
-from tests.integration.test_operator_failures import apply, finished, json_line, no_running_pods
 
 pytestmark = pytest.mark.integration
 
