@@ -348,6 +348,15 @@ class Recipe:
             micro.append(current)
         return micro
 
+    def step_timing(self, tokens: int, dt: float, t_data: float) -> dict[str, float | int]:
+        """The throughput and timing keys every recipe's step metrics end with."""
+        return {
+            "tokens_per_second": round(tokens / dt, 1),
+            "step_time_s": round(dt, 4),
+            "data_time_s": round(t_data, 4),
+            "skipped_records": self.stream.skipped,
+        }
+
     def optimizer_step(self) -> tuple[float, float]:
         """Clip, step the optimizer and the schedule; returns ``(grad_norm, lr used)``."""
         self.dist.check_synced()

@@ -208,10 +208,7 @@ class DPORecipe(Recipe):
             "grad_norm": grad_norm,
             "tokens": tokens,
             "samples": n_pairs,
-            "tokens_per_second": round(tokens / dt, 1),
-            "step_time_s": round(dt, 4),
-            "data_time_s": round(t_data, 4),
-            "skipped_records": self.stream.skipped,
+            **self.step_timing(tokens, dt, t_data),
         }
 
     # ----------------------------------------------------------------------------------- eval

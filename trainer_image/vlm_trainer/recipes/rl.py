@@ -269,12 +269,9 @@ class RLRecipe(Recipe):
             "grad_norm": grad_norm,
             "tokens": tokens,
             "samples": len(lengths),
-            "tokens_per_second": round(tokens / dt, 1),
             "rollout_time_s": round(stats.seconds, 4),
             "rollout_tokens_per_second": round(sum(lengths) / max(stats.seconds, 1e-9), 1),
-            "step_time_s": round(dt, 4),
-            "data_time_s": round(t_data, 4),
-            "skipped_records": self.stream.skipped,
+            **self.step_timing(tokens, dt, t_data),
         }
         if self.reference is not None:
             metrics["kl"] = kl_sum / max(trained, 1)
