@@ -10,7 +10,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export PYTHONPATH := $(CURDIR)
+export PYTHONPATH := $(CURDIR):$(CURDIR)/operator:$(CURDIR)/trainer_image
 
 .PHONY: venv k8s-bins test test-unit test-trainer test-integration lint format crds crds-check reference \
         cluster-up cluster-down demo clean

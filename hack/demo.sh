@@ -8,7 +8,7 @@
 # KEEP=1 leaves the cluster running afterwards (KUBECONFIG=.devcluster/kubeconfig).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD" HF_HUB_OFFLINE=1
+export PYTHONPATH="$PWD:$PWD/operator:$PWD/trainer_image" HF_HUB_OFFLINE=1
 py=.venv/bin/python
 dir="$PWD/.devcluster"
 bin="$(./hack/k8s/build.sh)"

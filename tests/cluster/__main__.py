@@ -19,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.cluster.launcher import REPO
+from tests.cluster.launcher import PYTHONPATH, REPO
 
 DEFAULT_DIR = REPO / ".devcluster"
 
@@ -59,7 +59,7 @@ def up(d: Path, timeout: float) -> int:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={**os.environ, "PYTHONPATH": PYTHONPATH},
             start_new_session=True,
         )
     (d / "server.pid").write_text(str(p.pid))

@@ -26,6 +26,9 @@ from pathlib import Path
 from tests.cluster.pki import Pki, make_pki
 
 REPO = Path(__file__).resolve().parents[2]
+# This checkout's packages ahead of the venv's editable install, so that a second checkout (a git
+# worktree) sharing the cached venv runs its own code in tests, the operator and every pod.
+PYTHONPATH = os.pathsep.join(str(p) for p in (REPO, REPO / "operator", REPO / "trainer_image"))
 BUILD_SCRIPT = REPO / "hack" / "k8s" / "build.sh"
 SERVICE_CIDR = "10.96.0.0/16"
 

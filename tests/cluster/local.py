@@ -15,7 +15,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.cluster.launcher import REPO, ControlPlane, spawn, start_control_plane, stop_process
+from tests.cluster.launcher import (
+    PYTHONPATH,
+    ControlPlane,
+    spawn,
+    start_control_plane,
+    stop_process,
+)
 
 TRAINER_IMAGE_GLOB = "*vlm-trainer*"  # images the pod runner runs as the project's own CLIs
 OPERATOR_IMAGE_GLOB = "*vlm-operator*"
@@ -124,7 +130,7 @@ def start_pod_runner(kubeconfig: Path, state_dir: Path, nodes: int, gpus: int) -
         "--path-prefix",
         venv_bin,
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
     p = spawn(argv, log, env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -36,7 +36,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 from tests.cluster import pod_spec
-from tests.cluster.launcher import _die_with_parent
+from tests.cluster.launcher import PYTHONPATH, _die_with_parent
 
 log = logging.getLogger("pod-runner")
 MAX_MESSAGE = 4096
@@ -339,7 +339,7 @@ class PodWorker(threading.Thread):
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=str(self.runner.repo),
-                env={**os.environ, "PYTHONPATH": str(self.runner.repo)},
+                env={**os.environ, "PYTHONPATH": PYTHONPATH},
                 preexec_fn=_die_with_parent,
                 start_new_session=True,
             )
@@ -436,6 +436,8 @@ class PodRunner:
             "HOME": "/root",
             "PYTHONUNBUFFERED": "1",
             "HF_HUB_OFFLINE": "1",
+            # The image has the project installed; here the checkout under test plays that part.
+            "PYTHONPATH": PYTHONPATH,
         }
 
     def service_env(self) -> dict[str, str]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.launcher import REPO, free_port, spawn, stop_process
+from tests.cluster.launcher import PYTHONPATH, REPO, free_port, spawn, stop_process
 from tests.cluster.local import LocalCluster
 
 DEMO_CLAIM = "vlm-demo"
@@ -84,7 +84,7 @@ class Operator:
 def operator_env(cluster: LocalCluster, **extra: str) -> dict[str, str]:
     return {
         **cluster.env,
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": PYTHONPATH,
         "VLM_TRAINER_IMAGE": TRAINER_IMAGE,
         "VLM_CHECKPOINT_STORAGE": CHECKPOINT_STORAGE,
         "VLM_MODEL_STORAGE": MODEL_STORAGE,

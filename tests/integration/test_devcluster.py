@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.launcher import REPO, find_binaries
+from tests.cluster.launcher import PYTHONPATH, find_binaries
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def processes_mentioning(text: str) -> list[str]:
 
 def test_cluster_up_and_down_leave_nothing_running(tmp_path: Path) -> None:
     d = tmp_path / "dev"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
     cli = [sys.executable, "-m", "tests.cluster"]
     up = subprocess.run(
         [*cli, "up", "--dir", str(d)], capture_output=True, text=True, env=env, timeout=300
