@@ -4,7 +4,9 @@ Plain REST on the official client's connection (auth, TLS, retries of the transp
 bodies in API form. Supported calls: get/list of any of the few kinds the operator touches,
 server-side apply of the children it owns (field manager `vlm-operator`; re-applying the same
 object is a no-op, so reconciles are idempotent), create-if-absent for Jobs (whose pod template is
-immutable), status merge patches, metadata patches, and Events. Credentials: in-cluster when
+immutable), status merge patches, metadata patches, and Events. Ownership: `apply` and `create`
+never adopt or change an object whose controller ownerReference is not the one the new object
+names; they raise ForeignObject and leave it as it is. Credentials: in-cluster when
 running in a pod, else `$KUBECONFIG`.
 """
 
@@ -105,25 +107,83 @@ def list_objects(
     return _call("GET", _path(kind, namespace), query=query).get("items", [])
 
 
+class ForeignObject(Exception):
+    """A child's name is taken by an object this owner does not control: never touch it.
+
+    ``earlier``: its controller is an earlier object of the owner's kind and name (a TrainerJob
+    deleted and created again); the garbage collector removes it soon, so the caller waits."""
+
+    def __init__(self, existing: dict[str, Any], want: dict[str, Any]) -> None:
+        meta = existing["metadata"]
+        self.kind, self.name = existing.get("kind", "?"), meta["name"]
+        mine = _controller(want) or {}
+        theirs = _controller(existing)
+        self.earlier = theirs is not None and (theirs.get("kind"), theirs.get("name")) == (
+            mine.get("kind"),
+            mine.get("name"),
+        )
+        owner = (
+            f"{theirs.get('kind')}/{theirs.get('name')} uid {theirs.get('uid')}"
+            if theirs
+            else "none"
+        )
+        super().__init__(
+            f"{self.kind} {self.name} exists and was not created for "
+            f"{mine.get('kind')}/{mine.get('name')} uid {mine.get('uid')} (its controller: "
+            f"{owner}); it was left untouched"
+        )
+
+
+def _controller(obj: dict[str, Any]) -> dict[str, Any] | None:
+    refs = obj["metadata"].get("ownerReferences") or []
+    return next((r for r in refs if r.get("controller")), None)
+
+
+def controller_uid(obj: dict[str, Any]) -> str | None:
+    """UID of the object's controller (its ownerReference with controller: true), if any."""
+    return (_controller(obj) or {}).get("uid")
+
+
+def check_owned(existing: dict[str, Any], want: dict[str, Any]) -> None:
+    """Raise ForeignObject unless `existing` has the controller `want` names (same UID)."""
+    mine, theirs = _controller(want), _controller(existing)
+    if mine is None or theirs is None or theirs.get("uid") != mine.get("uid"):
+        raise ForeignObject(existing, want)
+
+
 def apply(obj: dict[str, Any]) -> dict[str, Any]:
-    """Server-side apply with our field manager (force: we own these objects)."""
+    """Create `obj`, or server-side apply it (force) over the object it controls already.
+
+    Ownership first: `obj` names its controller (ownerReference with controller: true); an
+    existing object of that name with another controller, or none, raises ForeignObject and is
+    left untouched (no apply, no adoption). A new object is created with POST, which fails
+    instead of adopting when someone else's object appears meanwhile."""
     meta = obj["metadata"]
+    existing = get(obj["kind"], meta.get("namespace"), meta["name"])
+    if existing is None:
+        created, _ = create(obj)
+        return created
+    check_owned(existing, obj)
     query = {"fieldManager": FIELD_MANAGER, "force": "true"}
     path = _path(obj["kind"], meta.get("namespace"), meta["name"])
     return _call("PATCH", path, obj, query, "application/apply-patch+yaml")
 
 
 def create(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """Create `obj`; when it exists already return the existing one. (object, created?)"""
+    """Create `obj`; when it exists already return the existing one, if `obj`'s controller
+    (its ownerReference with controller: true) controls it; else raise ForeignObject.
+    (object, created?)"""
     meta = obj["metadata"]
     try:
-        return _call("POST", _path(obj["kind"], meta.get("namespace")), obj), True
+        query = {"fieldManager": FIELD_MANAGER}
+        return _call("POST", _path(obj["kind"], meta.get("namespace")), obj, query), True
     except ApiException as e:
         if e.status != 409:
             raise
     existing = get(obj["kind"], meta.get("namespace"), meta["name"])
     if existing is None:  # deleted between the two calls: let the next reconcile retry
         raise ApiException(status=409, reason=f"{obj['kind']} {meta['name']} is being deleted")
+    check_owned(existing, obj)
     return existing, False
 
 

@@ -8,14 +8,16 @@ Layout under the checkpoint root (``<log_path>/checkpoints`` by default)::
       tokenizer.json processor_config.json chat_template.jinja ...   the processor
       trainer_state/state.pt      optimizer, scheduler and RNG states (torch.save, tensors only)
       trainer_state/progress.json step, epoch, data position, counters
-      manifest.json               job, name, step, type (full|lora), base_model, metrics,
+      manifest.json               job, job_uid, name, step, type (full|lora), base_model, metrics,
                                   files: {relative path: {sha256, size}}; written last
     final/                        same, without optimizer/scheduler/RNG (training is over)
 
 A checkpoint is written into ``.tmp-<name>-*`` in the same root, fsynced, then renamed into
 place, so a crash at any moment leaves either the whole checkpoint or a ``.tmp-*`` folder
 that nothing mistakes for one (``latest_verified`` ignores and ``clean_temp`` removes them).
-``verify`` re-hashes every file against the manifest; resume uses the newest step that verifies.
+``verify`` re-hashes every file against the manifest; resume uses the newest step that verifies
+and whose manifest names this run's job UID (``job_uid``: the TrainerJob's ``metadata.uid``), so
+a job re-created under a reused name never continues an earlier job's run.
 
 ``VLM_TRAINER_FAULT=<point>:<step>`` makes the process SIGKILL itself at a named point
 (``after_checkpoint``, ``during_checkpoint``); the resume tests use it to kill at an exact
@@ -166,13 +168,31 @@ def list_steps(root: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def latest_verified(root: Path, log: Callable[[str], None] = print) -> Path | None:
-    """The newest ``step-*`` checkpoint that verifies; broken ones are reported and skipped."""
+def foreign(path: Path, job_uid: str | None) -> str | None:
+    """Why the checkpoint belongs to another run (its manifest names another job UID), or None.
+
+    Without a UID to compare (a run outside Kubernetes) every checkpoint is this run's."""
+    if job_uid is None:
+        return None
+    theirs = (read_manifest(path) or {}).get("job_uid")
+    return None if theirs == job_uid else f"written for job uid {theirs}, this run is {job_uid}"
+
+
+def usable(path: Path, job_uid: str | None = None) -> str | None:
+    """``None`` if the checkpoint verifies and belongs to this run, else why not."""
+    return verify(path) or foreign(path, job_uid)
+
+
+def latest_verified(
+    root: Path, log: Callable[[str], None] = print, job_uid: str | None = None
+) -> Path | None:
+    """The newest ``step-*`` checkpoint that verifies (and, given ``job_uid``, was written for
+    that job); the others are reported and skipped."""
     for _, path in reversed(list_steps(root)):
-        reason = verify(path)
+        reason = usable(path, job_uid)
         if reason is None:
             return path
-        log(f"checkpoint {path} does not verify ({reason}); trying an older one")
+        log(f"checkpoint {path} is not usable ({reason}); trying an older one")
     return None
 
 
@@ -186,12 +206,18 @@ def clean_temp(root: Path) -> list[Path]:
     return stale
 
 
-def prune(root: Path, keep_last: int) -> list[Path]:
-    """Delete all but the ``keep_last`` newest ``step-*`` checkpoints (0 keeps all)."""
+def prune(
+    root: Path, keep_last: int, may_delete: Callable[[Path], bool] | None = None
+) -> list[Path]:
+    """Delete all but the ``keep_last`` newest ``step-*`` checkpoints (0 keeps all).
+
+    ``may_delete(path)`` is asked first for each one and keeps it when False: the reporter marks
+    the snapshot's Checkpoint object pruned there, and refuses for one with a promotion
+    requested or done, so no Checkpoint ever points at deleted files."""
     steps = list_steps(root)
     if keep_last <= 0 or len(steps) <= keep_last:
         return []
-    doomed = [p for _, p in steps[:-keep_last]]
+    doomed = [p for _, p in steps[:-keep_last] if may_delete is None or may_delete(p)]
     for p in doomed:
         # Rename first so a crash mid-delete never leaves a half-deleted step-* folder.
         trash = root / f".tmp-deleting-{p.name}"

@@ -34,6 +34,7 @@ from .config import DEFAULT_CONFIG_PATH, ConfigError, DPOConfig, RLConfig, SFTCo
 
 EXIT_OK, EXIT_DATA_INVALID, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 EXIT_DATA_REFUSED, EXIT_CONFIG = 65, 78  # the operator's podFailurePolicy knows these two
+EXIT_MODEL_EXISTS = 73  # EX_CANTCREAT: promote's output model exists (reason ModelExists)
 
 
 def _config_path(arg: str | None) -> str | None:
@@ -177,10 +178,15 @@ def cmd_verify_checkpoint(args) -> int:
 
 def cmd_promote(args) -> int:
     from .model import quiet_transformers
-    from .promote import promote
+    from .promote import ModelExists, promote
 
     quiet_transformers()
-    result = promote(Path(args.checkpoint), Path(args.output), args.base_model)
+    try:
+        result = promote(Path(args.checkpoint), Path(args.output), args.base_model, args.overwrite)
+    except ModelExists as e:
+        _termination_message(f"ModelExists: {e}")
+        print(e, file=sys.stderr)
+        return EXIT_MODEL_EXISTS
     text = json.dumps(result)
     _termination_message(text)
     print(text)
@@ -232,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("--output", required=True)
     pr.add_argument("--base-model", default=None, help="base of a LoRA checkpoint")
+    pr.add_argument(
+        "--overwrite", action="store_true", help="replace a model that exists under --output"
+    )
     pr.set_defaults(func=cmd_promote)
 
     e = sub.add_parser("eval", help="greedy exact-match accuracy on an SFT-format file")

@@ -35,6 +35,11 @@ class TrainConfig(BaseModel):
 
     # What to train and on what.
     job_name: str = Field("vlm-trainer", description="Recorded in every checkpoint manifest.")
+    job_uid: str | None = Field(
+        None,
+        description="The TrainerJob's UID, recorded in every manifest; a run never resumes "
+        "from or finishes on a checkpoint whose manifest names another UID.",
+    )
     base_model: str = Field(..., description="Local path or hub id of an HF image-text model.")
     tokenizer_model: str | None = Field(
         None, description="Processor/tokenizer path or hub id; defaults to base_model."

@@ -9,7 +9,10 @@ nothing here runs and no cluster is needed. It uses the pod's service-account to
   updatedAt), at most once every `VLM_PROGRESS_INTERVAL` seconds (default 5) plus at start/end;
 - one Checkpoint per saved snapshot, named `<job>-<step-000050|final>`, owned by the TrainerJob,
   with `status.latestCheckpoint` pointing at it. A Checkpoint that exists already (a resumed run
-  saving the same step again) is left as it is.
+  saving the same step again) is left as it is; one of an earlier job of the same name (another
+  UID) is never touched: the new one is named `<job>-<step>-<uid[:8]>` instead;
+- before keepLast deletes a snapshot, its Checkpoint is annotated `vlmtrain.dev/pruned` (the
+  operator turns it into phase Pruned); one with a promotion requested or done keeps its files.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 
 GROUP, VERSION = "vlmtrain.dev", "v1alpha1"
 JOB_LABEL = "vlmtrain.dev/trainer-job"
+PRUNED_ANNOTATION = "vlmtrain.dev/pruned"  # the operator then sets phase Pruned
+PROMOTION = ("Promoting", "Promoted")
 
 
 def enabled() -> bool:
@@ -37,6 +42,10 @@ def enabled() -> bool:
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _owner_uids(obj: dict[str, Any]) -> set[str]:
+    return {r.get("uid") for r in obj.get("metadata", {}).get("ownerReferences") or []}
 
 
 def _finite(v: Any) -> float | None:
@@ -113,8 +122,6 @@ class KubernetesReporter:
         pass
 
     def on_checkpoint(self, path: Path, step: int, manifest: dict[str, Any]) -> None:
-        from kubernetes.client.rest import ApiException
-
         ckpt = f"{self.name}-{path.name}"
         metrics = {
             k: round(v, 6)
@@ -146,12 +153,74 @@ class KubernetesReporter:
                     "blockOwnerDeletion": False,
                 }
             ]
-        try:
-            self.api.create_namespaced_custom_object(GROUP, VERSION, self.ns, "checkpoints", body)
-        except ApiException as e:
-            if e.status != 409:
-                raise
+        ckpt = self._create_checkpoint(body)
         self._patch_status({"latestCheckpoint": ckpt, "progress": self._progress(step, {})})
+
+    def _create_checkpoint(self, body: dict[str, Any]) -> str:
+        """Create the Checkpoint; returns its name. One of this job's of the same name (a
+        resumed run saving a step again) is kept; one of an earlier job under the same name
+        (another UID, not yet garbage-collected, or promoted) is left alone and this one gets
+        the UID's first 8 characters as a suffix."""
+        from kubernetes.client.rest import ApiException
+
+        name = body["metadata"]["name"]
+        for candidate in (name, f"{name}-{(self.uid or '')[:8]}"):
+            body["metadata"]["name"] = candidate
+            try:
+                self.api.create_namespaced_custom_object(
+                    GROUP, VERSION, self.ns, "checkpoints", body
+                )
+                return candidate
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+            old = self.api.get_namespaced_custom_object(
+                GROUP, VERSION, self.ns, "checkpoints", candidate
+            )
+            if not self.uid or self.uid in _owner_uids(old):
+                return candidate
+        raise RuntimeError(f"Checkpoint names {name} and {candidate} belong to other jobs")
+
+    def may_prune(self, path: Path) -> bool:
+        """Mark this snapshot's Checkpoint pruned before keepLast deletes its files; False (keep
+        the files) when a promotion is requested or done, or the Checkpoint changed meanwhile
+        (the mark is a patch conditional on the resourceVersion that was read)."""
+        from kubernetes.client.rest import ApiException
+
+        ck = self._own_checkpoint(path.name)
+        if ck is None:
+            return True  # no object points at these files
+        if ck["spec"].get("promote") or (ck.get("status") or {}).get("phase") in PROMOTION:
+            return False
+        meta = {"resourceVersion": ck["metadata"]["resourceVersion"]}
+        meta["annotations"] = {PRUNED_ANNOTATION: _now()}
+        try:
+            self.api.patch_namespaced_custom_object(
+                GROUP, VERSION, self.ns, "checkpoints", ck["metadata"]["name"], {"metadata": meta}
+            )
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    def _own_checkpoint(self, folder: str) -> dict[str, Any] | None:
+        from kubernetes.client.rest import ApiException
+
+        name = f"{self.name}-{folder}"
+        for candidate in (name, f"{name}-{(self.uid or '')[:8]}"):
+            try:
+                ck = self.api.get_namespaced_custom_object(
+                    GROUP, VERSION, self.ns, "checkpoints", candidate
+                )
+            except ApiException as e:
+                if e.status == 404:
+                    continue
+                raise
+            # Its files, whoever owns it now (a promoted Checkpoint has no owner any more).
+            if ck["spec"].get("uri") == f"{self.checkpoint_uri}/{folder}":
+                return ck
+        return None
 
     def on_done(self, summary: dict[str, Any]) -> None:
         step = int(summary.get("step") or self.total_steps)

@@ -7,6 +7,11 @@ a full checkpoint is re-saved as it is, a LoRA checkpoint is merged into its bas
 written to a temporary folder next to `output` and renamed into place, with a `promoted.json`
 (source checkpoint, step, type, base model, sha256 of every file), so a crash never leaves a
 half-written model under the output name. Weights keep the dtype they were saved in.
+
+An existing model under `output` is never replaced silently: without `overwrite` the promotion
+stops with ``ModelExists`` before loading anything (the CLI exits 73, EX_CANTCREAT, which the
+operator reports as reason ModelExists), unless that model was promoted from this very
+checkpoint (a retried promotion Job that had finished its rename), which counts as done.
 """
 
 from __future__ import annotations
@@ -26,6 +31,31 @@ class PromotionError(RuntimeError):
     pass
 
 
+class ModelExists(PromotionError):
+    """The output model exists and the promotion did not ask to overwrite it."""
+
+
+def _existing(checkpoint: Path, output: Path, overwrite: bool) -> dict[str, Any] | None:
+    """The result of an earlier promotion of this checkpoint to `output`, when that is what is
+    there; None when `output` is free (or may be replaced); else raise ModelExists."""
+    if not output.exists() or overwrite:
+        return None
+    try:
+        info = json.loads((output / "promoted.json").read_text())
+    except (OSError, ValueError):
+        info = {}
+    if info.get("source_checkpoint") == str(checkpoint):
+        return {
+            "output": str(output),
+            "files": len(info.get("files") or {}),
+            "type": info.get("type"),
+        }
+    raise ModelExists(
+        f"{output} exists (promoted from {info.get('source_checkpoint', 'elsewhere')}); set "
+        "promote.overwrite to replace it"
+    )
+
+
 def verify_checkpoint(path: Path) -> dict[str, Any]:
     if (problem := ckpt.verify(path)) is not None:
         raise PromotionError(f"checkpoint {path} does not verify: {problem}")
@@ -33,10 +63,14 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     return {"sizeBytes": sum(p.stat().st_size for p in files), "files": len(files)}
 
 
-def promote(checkpoint: Path, output: Path, base_model: str | None = None) -> dict[str, Any]:
+def promote(
+    checkpoint: Path, output: Path, base_model: str | None = None, overwrite: bool = False
+) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    if (done := _existing(checkpoint, output, overwrite)) is not None:
+        return done
     verify_checkpoint(checkpoint)
     manifest = ckpt.read_manifest(checkpoint) or {}
     kind = manifest.get("type", "full")
@@ -70,7 +104,7 @@ def promote(checkpoint: Path, output: Path, base_model: str | None = None) -> di
         "files": files,
     }
     (tmp / "promoted.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    if output.exists():  # re-promotion under the same name replaces the old model whole
+    if output.exists():  # overwrite: the old model is replaced whole
         old = Path(tempfile.mkdtemp(prefix=f".old-{output.name}-", dir=output.parent))
         os.rename(output, old / output.name)
         os.rename(tmp, output)

@@ -3,6 +3,7 @@
 A recipe calls, in order: ``on_start(info)``, then ``on_step(metrics)`` once per optimizer step
 (and ``on_eval(metrics)`` after an evaluation), ``on_checkpoint(path, step, manifest)`` after
 each checkpoint is complete, and ``on_done(summary)`` or ``on_error(message)`` at the end.
+Before ``keepLast`` deletes a snapshot, ``may_prune(path)`` asks every reporter that has it.
 Reporters must not raise into the training loop; a failing reporter logs and carries on.
 
 ``LocalReporter`` (always on): one JSON object per line in ``<log_path>/metrics.jsonl``
@@ -121,6 +122,19 @@ class MultiReporter:
                     print(f"reporter {type(r).__name__}.{event} failed: {e}", file=sys.stderr)
 
         return call
+
+    def may_prune(self, path: Path) -> bool:
+        """Whether keepLast may delete this snapshot: every reporter that keeps a record of it
+        (the Checkpoint object) agrees, having marked it pruned. An error keeps the files."""
+        for r in self.reporters:
+            check = getattr(r, "may_prune", None)
+            try:
+                if check is not None and not check(path):
+                    return False
+            except Exception as e:
+                print(f"reporter {type(r).__name__}.may_prune failed: {e}", file=sys.stderr)
+                return False
+        return True
 
 
 def build_reporter(log_dir: Path) -> MultiReporter:

@@ -88,13 +88,15 @@ class CheckpointSpec(ApiModel):
 
 
 class CheckpointPhase(StrEnum):
-    """Where a checkpoint is: being verified, usable, being promoted, promoted, or broken."""
+    """Where a checkpoint is: being verified, usable, being promoted, promoted, broken, or
+    pruned (its files were removed by keepLast)."""
 
     VERIFYING = "Verifying"
     AVAILABLE = "Available"
     PROMOTING = "Promoting"
     PROMOTED = "Promoted"
     FAILED = "Failed"
+    PRUNED = "Pruned"
 
 
 class Promotion(StatusModel):
@@ -112,7 +114,7 @@ class CheckpointStatus(StatusModel):
         None, ge=0, description="metadata.generation the operator last processed."
     )
     phase: CheckpointPhase | None = Field(
-        None, description="Verifying, Available, Promoting, Promoted or Failed."
+        None, description="Verifying, Available, Promoting, Promoted, Failed or Pruned."
     )
     conditions: Conditions | None = Field(
         None, description="Verified and Promoted, each with a reason."

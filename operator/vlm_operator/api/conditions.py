@@ -89,6 +89,7 @@ class Reason(StrEnum):
     DATA_INVALID = "DataInvalid"
     TRAINER_FAILED = "TrainerFailed"
     JOB_DELETED = "JobDeleted"
+    CHILD_CONFLICT = "ChildConflict"
     # TrainerJob Suspended
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
@@ -100,6 +101,9 @@ class Reason(StrEnum):
     PROMOTION_SUCCEEDED = "PromotionSucceeded"
     PROMOTION_FAILED = "PromotionFailed"
     NOT_REQUESTED = "NotRequested"
+    NOT_OWNED = "NotOwned"
+    MODEL_EXISTS = "ModelExists"
+    PRUNED = "Pruned"
 
 
 #: One line per reason: what happened and what the user can do (the README's troubleshooting
@@ -129,6 +133,11 @@ REASON_HELP: dict[Reason, str] = {
     Reason.TRAINER_FAILED: "The trainer exited with an error; the message holds its exit code "
     "and termination message.",
     Reason.JOB_DELETED: "The batch/v1 Job was deleted from outside the operator.",
+    Reason.CHILD_CONFLICT: "An object the job needs (Job, ConfigMap, Service, ServiceAccount, "
+    "Role or RoleBinding; the message names it) exists and was not created for this TrainerJob "
+    "(no controller ownerReference with its UID). The operator leaves it untouched; rename the "
+    "job or remove the object. Objects of an earlier job of the same name only delay the start "
+    "until they are garbage-collected.",
     Reason.SUSPENDED: "spec.suspend is true: pods were stopped; checkpoints are kept.",
     Reason.RESUMED: "spec.suspend was cleared; training resumes from the latest checkpoint.",
     Reason.VERIFYING: "The checkpoint's manifest and file hashes are being checked.",
@@ -138,6 +147,12 @@ REASON_HELP: dict[Reason, str] = {
     Reason.PROMOTION_SUCCEEDED: "The output model was written; see status.promotion.",
     Reason.PROMOTION_FAILED: "The promotion Job failed; the message says why.",
     Reason.NOT_REQUESTED: "No promotion was requested (spec.promote is not set).",
+    Reason.NOT_OWNED: "The Checkpoint is not owned by the TrainerJob it names (ownerReference "
+    "UID), or its URI is not under that job's storage folder; it is never promoted.",
+    Reason.MODEL_EXISTS: "A model with the output name exists already; it was left as it is. "
+    "Choose another outputModel, or set promote.overwrite: true to replace it.",
+    Reason.PRUNED: "keepLast removed the snapshot's files; the Checkpoint is kept as a record "
+    "and cannot be promoted.",
 }
 
 

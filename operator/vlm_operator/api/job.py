@@ -45,6 +45,7 @@ from vlm_operator.api.common import (
 )
 from vlm_operator.api.conditions import Conditions
 from vlm_operator.api.pod import PodOverrides
+from vlm_operator.api.policy import policy_violations
 from vlm_operator.api.shape import TrainingShapeSpec
 
 #: TrainerJob names become the names of the Job, Service, ServiceAccount and pods derived from
@@ -326,7 +327,8 @@ class Checkpointing(ApiModel):
     storage: LocationURI | None = Field(
         None,
         description="Folder for checkpoints, pvc://<claim>[/<path>] or file:///<path>; the "
-        "job writes to <storage>/<namespace>/<job name>/. Defaults to the operator's checkpoint "
+        "job writes to <storage>/<namespace>/<job name>-<job uid>/, so a job re-created under "
+        "the same name never sees an earlier run's files. Defaults to the operator's checkpoint "
         "storage (Helm value storage.checkpoints).",
     )
 
@@ -339,6 +341,11 @@ class Promote(ApiModel):
         description="Name of the promoted model: 1-63 lowercase letters, digits and '-', "
         "starting and ending with a letter or digit. It becomes a folder in the operator's "
         "models location.",
+    )
+    overwrite: bool = Field(
+        False,
+        description="Replace a model that already exists under outputModel. Without it such a "
+        "promotion fails with reason ModelExists and the existing model is left as it is.",
     )
 
 
@@ -603,4 +610,4 @@ def shape_violations(spec: TrainerJobSpec, shape: TrainingShapeSpec, shape_name:
             f"spec.hyperparameters.maxSeqLen: {hp.max_seq_len} exceeds TrainingShape "
             f"{shape_name}'s maxContext {shape.max_context}"
         )
-    return problems
+    return problems + policy_violations(spec.pod_overrides, shape.pod_policy, shape_name)

@@ -9,20 +9,68 @@ Volumes are the one free-form field of the API: a core/v1 Volume has some thirty
 (``persistentVolumeClaim``, ``secret``, ``csi``...), so only ``name`` is typed here and the rest
 is kept as written (``x-kubernetes-preserve-unknown-fields``); the apiserver validates it in full
 when the operator creates the Job, and the operator reports a bad one as ``InvalidSpec``.
+
+What a job may choose is bounded by its TrainingShape's ``podPolicy`` (``api/policy.py``, checked
+by the operator at admission). What no shape can allow is refused here, by CEL at ``kubectl
+apply`` and by the same rules in Python: reserved environment names (the operator's ``VLM_*``,
+``HOME``, ``PATH``, the loader's ``LD_*``, Python's, torchrun's rendezvous and rank variables,
+``HF_*``, ``TORCH*``, ``NCCL_*``, ``CUDA_*``, ``AWS_*``, ``KUBERNETES_*``), a toleration without
+a key (it tolerates every taint) and the ``system-*`` priority classes.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from vlm_operator.api.base import ApiModel, Rule, cel
+from vlm_operator.api.base import ApiModel, Cel, Rule, cel, cel_string
 from vlm_operator.api.common import DNS_LABEL, DNS_SUBDOMAIN, NodeSelector, Tolerations
 
 ENV_NAME_RE = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 _Name = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)]
 _Key = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")]
+
+#: Environment a job can never set: the operator's own variables and everything that changes
+#: how the interpreter, the loader, torchrun, NCCL, the hub client or the cluster client behave.
+#: One definition for the CEL rule and the Python check.
+RESERVED_ENV_PREFIXES = (
+    "VLM_", "HF_", "PYTHON", "LD_", "MASTER_", "TORCH", "NCCL_", "CUDA_", "AWS_", "PET_",
+    "KUBERNETES_", "TRANSFORMERS_",
+)  # fmt: skip
+RESERVED_ENV_NAMES = (
+    "HOME", "PATH", "RANK", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+    "NNODES", "NODE_RANK", "NPROC_PER_NODE",
+)  # fmt: skip
+RESERVED_ENV_RE = (
+    "^((" + "|".join(RESERVED_ENV_PREFIXES) + ").*|" + "|".join(RESERVED_ENV_NAMES) + ")$"
+)
+_RESERVED_ENV_MSG = (
+    "this environment name is reserved (VLM_*, HOME, PATH, HF_*, PYTHON*, LD_*, MASTER_*, "
+    "RANK, WORLD_SIZE, TORCH*, NCCL_*, CUDA_*, AWS_*, ...): the operator or the runtime sets it"
+)
+_RESERVED_ENV = Rule(
+    f"!self.name.matches({cel_string(RESERVED_ENV_RE)})",
+    _RESERVED_ENV_MSG,
+    field_path=".name",
+    reason="FieldValueForbidden",
+)
+_KEYED_TOLERATIONS = Rule(
+    "self.all(t, has(t.key) && t.key != '')",
+    "a job's tolerations must name a key: a key-less Exists toleration tolerates every taint",
+    reason="FieldValueForbidden",
+)
+_NO_SYSTEM_PRIORITY = Rule(
+    "!self.startsWith('system-')",
+    "the system-* priority classes are for cluster components, not trainer pods",
+    reason="FieldValueForbidden",
+)
+
+
+def reserved_env(name: str) -> bool:
+    """Whether a job may not set this environment variable (the CEL rule, in Python)."""
+    return re.match(RESERVED_ENV_RE, name) is not None
 
 
 class KeySelector(ApiModel):
@@ -91,18 +139,17 @@ class EnvVarSource(ApiModel):
         return self
 
 
+_VALUE_OR_VALUE_FROM = Rule(
+    "!(has(self.value) && has(self.valueFrom))",
+    "set value or valueFrom, not both",
+    field_path=".valueFrom",
+)
+
+
 class EnvVar(ApiModel):
     """An environment variable of the trainer container (core/v1 EnvVar)."""
 
-    model_config = ConfigDict(
-        json_schema_extra=cel(
-            Rule(
-                "!(has(self.value) && has(self.valueFrom))",
-                "set value or valueFrom, not both",
-                field_path=".valueFrom",
-            )
-        )
-    )
+    model_config = ConfigDict(json_schema_extra=cel(_VALUE_OR_VALUE_FROM))
 
     name: Annotated[str, Field(min_length=1, max_length=256, pattern=ENV_NAME_RE)] = Field(
         ..., description="Variable name."
@@ -117,6 +164,19 @@ class EnvVar(ApiModel):
         if self.value is not None and self.value_from is not None:
             raise ValueError("set value or valueFrom, not both")
         return self
+
+
+class JobEnvVar(EnvVar):
+    """An environment variable a job adds: any name except the reserved ones."""
+
+    model_config = ConfigDict(json_schema_extra=cel(_VALUE_OR_VALUE_FROM, _RESERVED_ENV))
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if reserved_env(name):
+            raise ValueError(f"{name}: {_RESERVED_ENV_MSG}")
+        return name
 
 
 class Volume(ApiModel):
@@ -161,7 +221,7 @@ class PodOverrides(ApiModel):
 
     env: (
         Annotated[
-            list[EnvVar],
+            list[JobEnvVar],
             Field(
                 max_length=64,
                 json_schema_extra={
@@ -171,7 +231,13 @@ class PodOverrides(ApiModel):
             ),
         ]
         | None
-    ) = Field(None, description="Environment variables added to the trainer container.")
+    ) = Field(
+        None,
+        description="Environment variables added to the trainer container; reserved names "
+        "(VLM_*, HOME, PATH, HF_*, PYTHON*, LD_*, MASTER_*, RANK, WORLD_SIZE, TORCH*, NCCL_*, "
+        "CUDA_*, AWS_*, ...) are refused, and secretKeyRef only reads the shape's "
+        "podPolicy.allowedSecrets.",
+    )
     volumes: (
         Annotated[
             list[Volume],
@@ -184,7 +250,11 @@ class PodOverrides(ApiModel):
             ),
         ]
         | None
-    ) = Field(None, description="Volumes added to the pod (core/v1 Volume, unchanged).")
+    ) = Field(
+        None,
+        description="Volumes added to the pod (core/v1 Volume, unchanged), of the types the "
+        "shape's podPolicy.volumeTypes allows; Secrets only from podPolicy.allowedSecrets.",
+    )
     volume_mounts: (
         Annotated[
             list[VolumeMount],
@@ -203,17 +273,31 @@ class PodOverrides(ApiModel):
     ) = Field(
         None,
         description="Run the trainer as this ServiceAccount instead of the one the operator "
-        "creates per job (the operator still binds the status-reporting Role to it).",
+        "creates per job (the operator still binds the status-reporting Role to it). Only when "
+        "the shape's podPolicy.allowServiceAccount is true.",
     )
     node_selector: NodeSelector | None = Field(
-        None, description="Node labels added to the shape's nodeSelector."
+        None,
+        description="Node labels added to the shape's nodeSelector; each key and value must "
+        "be allowed by the shape's podPolicy.nodeSelector.",
     )
-    tolerations: Tolerations | None = Field(
-        None, description="Tolerations added to the shape's tolerations."
+    tolerations: Annotated[Tolerations, Cel(_KEYED_TOLERATIONS)] | None = Field(
+        None,
+        description="Tolerations added to the shape's tolerations; each must be one the "
+        "shape's podPolicy.tolerations lists, and name a key.",
     )
     priority_class_name: (
-        Annotated[str, Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)] | None
-    ) = Field(None, description="PriorityClass of the trainer pods.")
+        Annotated[
+            str,
+            Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN),
+            Cel(_NO_SYSTEM_PRIORITY),
+        ]
+        | None
+    ) = Field(
+        None,
+        description="PriorityClass of the trainer pods: one of the shape's "
+        "podPolicy.priorityClasses, never system-*.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PodOverrides:
@@ -229,4 +313,8 @@ class PodOverrides(ApiModel):
         for mount in self.volume_mounts or ():
             if mount.name not in names:
                 raise ValueError("every volumeMounts[].name must name an entry of volumes")
+        if any(not t.key for t in self.tolerations or ()):
+            raise ValueError(f"tolerations: {_KEYED_TOLERATIONS.message}")
+        if (self.priority_class_name or "").startswith("system-"):
+            raise ValueError(f"priorityClassName: {_NO_SYSTEM_PRIORITY.message}")
         return self

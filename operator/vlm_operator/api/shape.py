@@ -2,7 +2,8 @@
 
 A shape says what a TrainerJob runs on: base model and processor, context length, GPUs per node
 and nodes, the trainer image, CPU/memory, node placement, numeric precision, and the limits jobs
-must respect (LoRA rank, full fine-tuning, allowed modes). The spec may change; the operator
+must respect (LoRA rank, full fine-tuning, allowed modes, and ``podPolicy``: what a job may put
+into its pods). The spec may change; the operator
 hashes it into ``status.version`` and every job pins the version it started with.
 
 What CEL checks here: ranges, formats, that ``resources`` does not also request the GPU
@@ -38,6 +39,7 @@ from vlm_operator.api.common import (
     Tolerations,
 )
 from vlm_operator.api.conditions import Conditions
+from vlm_operator.api.policy import PodPolicy
 
 
 class Precision(StrEnum):
@@ -158,6 +160,13 @@ class TrainingShapeSpec(ApiModel):
         default_factory=lambda: [Mode.SFT, Mode.DPO, Mode.RL],
         description="Training modes jobs may use with this shape (sft, dpo, rl).",
         json_schema_extra={"default": ["sft", "dpo", "rl"]},
+    )
+
+    pod_policy: PodPolicy | None = Field(
+        None,
+        description="What a job may put into its trainer pods through podOverrides (volume "
+        "types, Secrets, ServiceAccount, tolerations, node labels, priority classes) and "
+        "environment added to every pod. Unset: the closed defaults (see docs/security.md).",
     )
 
     @model_validator(mode="after")

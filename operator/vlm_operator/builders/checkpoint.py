@@ -4,7 +4,8 @@
   writes `{"sizeBytes": N, "files": M}` as its termination message;
 - promote: `vlm-trainer promote --checkpoint DIR --output DIR [--base-model REF]` writes an
   HF-format model (a LoRA adapter merged into its base) and its processor to
-  `<model storage>/<namespace>/<outputModel>`.
+  `<model storage>/<namespace>/<outputModel>`; an existing model there only with
+  `promote.overwrite` (`--overwrite`), else exit code 73 (ModelExists).
 
 Both are owned by the Checkpoint, run as non-root with the trainer image, and mount only the
 claims their URIs name.
@@ -20,6 +21,7 @@ from vlm_operator.builders.labels import CHECKPOINT_LABEL, child_meta, job_label
 from vlm_operator.builders.storage import StorageMounts, join_uri
 
 CONTAINER = "worker"
+EXIT_MODEL_EXISTS = 73  # vlm-trainer promote: the output model exists (no retry helps)
 
 
 def task_job_name(checkpoint: str, task: str) -> str:
@@ -46,6 +48,18 @@ def _task_job(
         "metadata": child_meta(ck, task_job_name(name, task), labels),
         "spec": {
             "backoffLimit": 1,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": CONTAINER,
+                            "operator": "In",
+                            "values": [EXIT_MODEL_EXISTS],
+                        },
+                    }
+                ]
+            },
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
@@ -89,7 +103,7 @@ def verify_job(ck: dict[str, Any], image: str) -> dict[str, Any]:
 
 
 def promote_job(
-    ck: dict[str, Any], output_model: str, model_storage: str, image: str
+    ck: dict[str, Any], output_model: str, model_storage: str, image: str, overwrite: bool = False
 ) -> dict[str, Any]:
     mounts = StorageMounts()
     src = mounts.path(ck["spec"]["uri"])
@@ -97,6 +111,8 @@ def promote_job(
         model_uri(model_storage, ck["metadata"]["namespace"], output_model), writable=True
     )
     argv = ["vlm-trainer", "promote", "--checkpoint", src, "--output", dst]
+    if overwrite:
+        argv.append("--overwrite")
     if ck["spec"].get("type") == "lora":
         argv += ["--base-model", mounts.path(ck["spec"]["baseModel"])]
     return _task_job(ck, "promote", argv, mounts, image)

@@ -17,9 +17,14 @@ CONFIG_DIR = "/etc/vlm-trainer"
 
 
 def checkpoint_location(tj: TrainerJob, default_storage: str) -> str:
-    """`<storage>/<namespace>/<job>`: the URI of the job's log and checkpoint folder."""
+    """`<storage>/<namespace>/<job>-<uid>`: the URI of the job's log and checkpoint folder.
+
+    The UID makes it this job's alone: a TrainerJob deleted and created again under the same
+    name gets a new, empty folder (names are reused, UIDs are not). Without a UID (a job
+    rendered offline, never stored by the apiserver) the folder is `<job>`."""
     base = tj.spec.checkpointing.storage or default_storage
-    return join_uri(base, tj.metadata.namespace or "default", tj.metadata.name)
+    folder = f"{tj.metadata.name}-{tj.metadata.uid}" if tj.metadata.uid else tj.metadata.name
+    return join_uri(base, tj.metadata.namespace or "default", folder)
 
 
 def trainer_config(
@@ -28,6 +33,7 @@ def trainer_config(
     spec, hp, sh = tj.spec, tj.spec.hyperparameters, shape.spec
     cfg: dict[str, Any] = {
         "job_name": tj.metadata.name,
+        **({"job_uid": tj.metadata.uid} if tj.metadata.uid else {}),
         "base_model": mounts.path(sh.base_model),
         "dataset": mounts.path(spec.dataset.uri),
         "log_path": mounts.path(checkpoint_location(tj, default_storage), writable=True),

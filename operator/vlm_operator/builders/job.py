@@ -86,8 +86,12 @@ def trainer_env(
             {"name": "MASTER_ADDR", "value": f"{name}-0.{name}" if sh.nodes > 1 else "127.0.0.1"},
             {"name": "MASTER_PORT", "value": str(MASTER_PORT)},
         ]
+    # The shape's environment (the admin's) first; it never replaces the operator's own.
+    own = {e["name"] for e in env}
+    policy = sh.pod_policy
+    env = [e.to_api() for e in (policy.env if policy else []) if e.name not in own] + env
     overrides = tj.spec.pod_overrides
-    if overrides and overrides.env:
+    if overrides and overrides.env:  # reserved names are refused at admission
         env += [e.to_api() for e in overrides.env]
     return env
 

@@ -15,6 +15,8 @@ JOB_LABEL = "vlmtrain.dev/trainer-job"
 CHECKPOINT_LABEL = "vlmtrain.dev/checkpoint"
 TASK_LABEL = "vlmtrain.dev/task"  # train | verify | promote
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+#: Set by the trainer on a Checkpoint before keepLast deletes its files (trainer: kube_report).
+PRUNED_ANNOTATION = "vlmtrain.dev/pruned"
 
 
 def job_labels(job_name: str, task: str = "train") -> dict[str, str]:

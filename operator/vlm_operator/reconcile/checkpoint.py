@@ -7,26 +7,40 @@ Promoted with `status.promotion`, and the owner reference to the TrainerJob is d
 deleting the job keeps the promoted checkpoint.
 
 A promotion is wanted when `spec.promote.outputModel` is set on the Checkpoint, or when it is
-its TrainerJob's final checkpoint, the TrainerJob asks for `promote` and has Succeeded.
+its TrainerJob's final checkpoint, the TrainerJob asks for `promote` and has Succeeded. It runs
+only for a Checkpoint owned by the UID of the TrainerJob it names and whose URI lies under that
+job's storage folder (else Failed/NotOwned), and never replaces an existing model unless the
+promote spec says `overwrite: true` (else Failed/ModelExists, the model left as it is).
+
+Pruning: the trainer annotates a Checkpoint `vlmtrain.dev/pruned` before it deletes the
+snapshot's files (keepLast), and only one with no promotion requested or running; such a
+Checkpoint becomes phase Pruned (terminal, never promoted).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import posixpath
 from typing import Any
+
+from pydantic import ValidationError
 
 from vlm_operator import kube, metrics
 from vlm_operator.api import CheckpointPhase as P
 from vlm_operator.api import ConditionType as C
-from vlm_operator.api import JobPhase, Reason, new_condition, set_condition
+from vlm_operator.api import JobPhase, Reason, TrainerJob, new_condition, set_condition
 from vlm_operator.api.conditions import now_rfc3339
 from vlm_operator.builders.checkpoint import (
     CONTAINER,
+    EXIT_MODEL_EXISTS,
     model_uri,
     promote_job,
     verify_job,
 )
+from vlm_operator.builders.config import checkpoint_location
+from vlm_operator.builders.labels import PRUNED_ANNOTATION, without_status
+from vlm_operator.builders.storage import join_uri
 from vlm_operator.reconcile.job_status import job_condition, last_failure
 from vlm_operator.reconcile.serial import serial
 from vlm_operator.settings import Settings
@@ -34,13 +48,40 @@ from vlm_operator.settings import Settings
 log = logging.getLogger("vlm_operator.checkpoint")
 
 
-def wanted_output_model(ck: dict[str, Any], tj: dict[str, Any] | None) -> str | None:
+def wanted_promote(ck: dict[str, Any], tj: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The promote spec that applies (the Checkpoint's own, or its Succeeded job's for the
+    final checkpoint), or None when no promotion is wanted."""
     if (ck["spec"].get("promote") or {}).get("outputModel"):
-        return ck["spec"]["promote"]["outputModel"]
+        return ck["spec"]["promote"]
     if ck["spec"].get("final") and tj is not None:
         succeeded = (tj.get("status") or {}).get("phase") == JobPhase.SUCCEEDED
         if succeeded and (tj["spec"].get("promote") or {}).get("outputModel"):
-            return tj["spec"]["promote"]["outputModel"]
+            return tj["spec"]["promote"]
+    return None
+
+
+def not_owned(ck: dict[str, Any], tj: dict[str, Any] | None, default_storage: str) -> str | None:
+    """Pure: why this Checkpoint may not be promoted as its TrainerJob's, or None.
+
+    Anyone allowed to create Checkpoints (every trainer of the namespace) can write one that
+    names another job; only one owned by that job's UID whose files lie under that job's
+    storage folder is that job's snapshot."""
+    name = ck["spec"]["trainerJob"]
+    if tj is None:
+        return f"TrainerJob {name} does not exist"
+    uid = tj["metadata"]["uid"]
+    refs = ck["metadata"].get("ownerReferences") or []
+    if not any(r.get("kind") == "TrainerJob" and r.get("uid") == uid for r in refs):
+        return f"not owned by TrainerJob {name} (uid {uid})"
+    try:
+        job = TrainerJob.model_validate(without_status(tj))
+    except ValidationError as e:
+        return f"TrainerJob {name} does not validate: {e}"
+    folder = join_uri(checkpoint_location(job, default_storage), "checkpoints") + "/"
+    scheme, sep, rest = ck["spec"]["uri"].partition("://")
+    uri = f"{scheme}{sep}{posixpath.normpath(rest)}" if sep else posixpath.normpath(scheme)
+    if not uri.startswith(folder) or uri == folder:
+        return f"uri {ck['spec']['uri']} is not under TrainerJob {name}'s folder {folder}"
     return None
 
 
@@ -51,6 +92,8 @@ def _run_task(ck: dict[str, Any], task_job: dict[str, Any]) -> tuple[str | None,
     job = kube.get("Job", ns, task_job["metadata"]["name"])
     if job is None:
         job, _ = kube.create(task_job)
+    else:
+        kube.check_owned(job, task_job)  # never read someone else's Job as our task's
     done = next((t for t in ("Complete", "Failed") if job_condition(job, t)), None)
     if done is None:
         return None, None, ""
@@ -73,7 +116,10 @@ def reconcile_checkpoint(namespace: str, name: str, settings: Settings) -> None:
         if ck is None or ck["metadata"].get("deletionTimestamp"):
             metrics.observe_phase("Checkpoint", key, None)
             return
-        status = _next_status(ck, settings)
+        try:
+            status = _next_status(ck, settings)
+        except kube.ForeignObject as e:
+            status = _failed(ck, C.VERIFIED if ck.get("status") is None else C.PROMOTED, e)
         old = ck.get("status") or {}
         if status and any(old.get(k) != v for k, v in status.items()):
             kube.merge_patch("Checkpoint", namespace, name, {"status": status}, status=True)
@@ -93,11 +139,35 @@ def reconcile_checkpoint(namespace: str, name: str, settings: Settings) -> None:
         metrics.RECONCILES.labels(kind="Checkpoint", result="synced").inc()
 
 
+def _failed(ck: dict[str, Any], type: str, e: kube.ForeignObject) -> dict[str, Any]:
+    """Failed/ChildConflict: a task Job's name is taken by a Job that is not this one's."""
+    gen, old = ck["metadata"].get("generation"), ck.get("status") or {}
+    cond = new_condition(type, False, Reason.CHILD_CONFLICT, str(e), observed_generation=gen)
+    conds = set_condition(old.get("conditions"), cond)
+    return {"observedGeneration": gen, "phase": P.FAILED, "conditions": conds}
+
+
 def _next_status(ck: dict[str, Any], settings: Settings) -> dict[str, Any] | None:
     meta, old = ck["metadata"], ck.get("status") or {}
     gen = meta.get("generation")
     conds = old.get("conditions")
     phase = old.get("phase")
+    if phase in (P.PRUNED, P.PROMOTED, P.FAILED):
+        return None  # terminal
+    pruned = (meta.get("annotations") or {}).get(PRUNED_ANNOTATION)
+    if pruned and phase != P.PROMOTING:
+        # The trainer marks only a snapshot with no promotion wanted; its files are gone.
+        conds = set_condition(
+            conds,
+            new_condition(
+                C.PROMOTED,
+                False,
+                Reason.PRUNED,
+                f"files removed by keepLast at {pruned}",
+                observed_generation=gen,
+            ),
+        )
+        return {"observedGeneration": gen, "phase": P.PRUNED, "conditions": conds}
 
     def cond(type: str, status: bool | str, reason: str, message: str = "") -> None:
         nonlocal conds
@@ -134,18 +204,25 @@ def _next_status(ck: dict[str, Any], settings: Settings) -> dict[str, Any] | Non
     if phase not in (P.AVAILABLE, P.PROMOTING):
         return None
     tj = kube.get("TrainerJob", meta["namespace"], ck["spec"]["trainerJob"])
-    output = wanted_output_model(ck, tj)
-    if output is None:
+    wanted = wanted_promote(ck, tj)
+    if wanted is None:
         cond(C.PROMOTED, False, Reason.NOT_REQUESTED, "spec.promote is not set")
         return out | {"phase": P.AVAILABLE, "conditions": conds}
-    job = promote_job(ck, output, settings.model_storage, settings.trainer_image)
+    output = wanted["outputModel"]
+    if (why := not_owned(ck, tj, settings.checkpoint_storage)) is not None:
+        metrics.PROMOTIONS.labels(result="failed").inc()
+        cond(C.PROMOTED, False, Reason.NOT_OWNED, f"not promoted: {why}"[:2000])
+        return out | {"phase": P.FAILED, "conditions": conds}
+    overwrite = bool(wanted.get("overwrite"))
+    job = promote_job(ck, output, settings.model_storage, settings.trainer_image, overwrite)
     done, code, message = _run_task(ck, job)
     if done is None:
         cond(C.PROMOTED, "Unknown", Reason.PROMOTION_RUNNING, f"writing model {output}")
         return out | {"phase": P.PROMOTING, "conditions": conds}
     if done == "Failed":
         metrics.PROMOTIONS.labels(result="failed").inc()
-        cond(C.PROMOTED, False, Reason.PROMOTION_FAILED, f"exit code {code}: {message}"[:2000])
+        reason = Reason.MODEL_EXISTS if code == EXIT_MODEL_EXISTS else Reason.PROMOTION_FAILED
+        cond(C.PROMOTED, False, reason, f"exit code {code}: {message}"[:2000])
         return out | {"phase": P.FAILED, "conditions": conds}
     uri = model_uri(settings.model_storage, meta["namespace"], output)
     cond(C.PROMOTED, True, Reason.PROMOTION_SUCCEEDED, f"model {output} written to {uri}")

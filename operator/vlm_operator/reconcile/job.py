@@ -31,7 +31,7 @@ from vlm_operator.api.conditions import is_condition_true
 from vlm_operator.api.job import shape_violations
 from vlm_operator.builders.config import CONFIG_KEY, validate_for_trainer
 from vlm_operator.builders.job import trainer_workload
-from vlm_operator.builders.labels import JOB_LABEL, TASK_LABEL, without_status
+from vlm_operator.builders.labels import JOB_LABEL, TASK_LABEL, owner_ref, without_status
 from vlm_operator.builders.rbac import trainer_rbac
 from vlm_operator.reconcile.job_status import derive_status
 from vlm_operator.reconcile.serial import serial
@@ -132,10 +132,13 @@ def reconcile_job(namespace: str, name: str, settings: Settings) -> list[tuple[s
         metrics.RECONCILES.labels(kind="TrainerJob", result=result).inc()
         if result != "succeeded" or not tj["spec"].get("promote"):
             return []
+        uid = tj["metadata"]["uid"]
         return [
             (namespace, c["metadata"]["name"])
             for c in kube.list_objects("Checkpoint", namespace)
-            if c["spec"].get("trainerJob") == name and c["spec"].get("final")
+            if c["spec"].get("trainerJob") == name
+            and c["spec"].get("final")
+            and uid in {r.get("uid") for r in c["metadata"].get("ownerReferences") or []}
         ]
 
 
@@ -145,6 +148,9 @@ def _reconcile(tj: dict[str, Any], settings: Settings) -> str:
     status = tj.get("status") or {}
     metrics.observe_phase("TrainerJob", f"{ns}/{name}", status.get("phase"))
     job = kube.get("Job", ns, name)
+    if job is not None and kube.controller_uid(job) != meta["uid"]:
+        # Not ours (another owner's, or an earlier job's of this name): never read it as ours.
+        return "terminal" if status.get("phase") in TERMINAL else _conflict(tj, job)
     if status.get("phase") in TERMINAL and (
         job is None or status.get("observedGeneration") == meta.get("generation")
     ):
@@ -160,9 +166,14 @@ def _reconcile(tj: dict[str, Any], settings: Settings) -> str:
         if blocked is not None:
             _patch_status(tj, blocked)
             return "blocked"
-        for obj in children[:-1]:
-            kube.apply(obj)
-        job, created = kube.create(children[-1])
+        try:
+            _claim(children)
+            for obj in children[:-1]:
+                kube.apply(obj)
+            job, created = kube.create(children[-1])
+        except kube.ForeignObject as e:
+            _patch_status(tj, _not_admitted(tj, Reason.CHILD_CONFLICT, str(e), not e.earlier))
+            return "conflict"
         gen = meta.get("generation")
         conds = set_condition(
             status.get("conditions"),
@@ -200,6 +211,24 @@ def _reconcile(tj: dict[str, Any], settings: Settings) -> str:
     new = derive_status(tj, job, pods)
     changed = _patch_status(tj, new)
     return "succeeded" if changed and new.get("phase") == JobPhase.SUCCEEDED else "synced"
+
+
+def _claim(children: list[dict[str, Any]]) -> None:
+    """Raise ForeignObject when any child's name is taken by an object that is not ours, before
+    any child is created: a collision leaves nothing half-made behind."""
+    for obj in children:
+        meta = obj["metadata"]
+        if (existing := kube.get(obj["kind"], meta["namespace"], meta["name"])) is not None:
+            kube.check_owned(existing, obj)
+
+
+def _conflict(tj: dict[str, Any], job: dict[str, Any]) -> str:
+    """A Job of the TrainerJob's name that it does not control: fail (or wait for an earlier
+    job's to be garbage-collected); the Job is left as it is."""
+    want = {"metadata": {"ownerReferences": [owner_ref(tj)]}}
+    e = kube.ForeignObject(job, want)
+    _patch_status(tj, _not_admitted(tj, Reason.CHILD_CONFLICT, str(e), not e.earlier))
+    return "conflict"
 
 
 def _sync_suspend(tj: dict[str, Any], job: dict[str, Any]) -> None:

@@ -137,11 +137,11 @@ class Recipe:
         processes rank 0 looks and every rank takes its answer, so all resume from one place."""
         if self.dist.is_main:
             ckpt.clean_temp(self.root)
-            final = self.root / ckpt.FINAL
-            if final.exists() and ckpt.verify(final) is None:
+            final, uid = self.root / ckpt.FINAL, self.cfg.job_uid
+            if final.exists() and ckpt.usable(final, uid) is None:
                 self.final_path = final
             else:
-                self.resumed_from = ckpt.latest_verified(self.root, log=self.log)
+                self.resumed_from = ckpt.latest_verified(self.root, log=self.log, job_uid=uid)
         self.final_path, self.resumed_from = self.dist.broadcast(
             (self.final_path, self.resumed_from)
         )
@@ -408,6 +408,7 @@ class Recipe:
         numbers = {**self.last_metrics, **(metrics or {})}
         manifest = {
             "job": cfg.job_name,
+            **({"job_uid": cfg.job_uid} if cfg.job_uid else {}),
             "mode": self.mode,
             "type": "lora" if cfg.lora_rank else "full",
             "lora_rank": cfg.lora_rank,
@@ -420,7 +421,7 @@ class Recipe:
             return self.root / name
         path, manifest = ckpt.write_checkpoint(self.root, name, write, manifest, self.step)
         self.reporter.on_checkpoint(path, self.step, manifest)
-        ckpt.prune(self.root, cfg.keep_last)
+        ckpt.prune(self.root, cfg.keep_last, self.reporter.may_prune)
         self.dist.barrier()  # no rank moves on (or exits) before the checkpoint is whole
         return path
 
