@@ -251,7 +251,7 @@ INVALID_CASES: list[Case] = [
                 "podOverrides": {
                     "env": [
                         {
-                            "name": "HF_TOKEN",
+                            "name": "API_TOKEN",
                             "value": "x",
                             "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}},
                         }
@@ -266,6 +266,30 @@ INVALID_CASES: list[Case] = [
         J,
         {"spec": {"podOverrides": {"env": [{"name": "A", "value": "1"}, {"name": "A"}]}}},
         "spec.podOverrides.env[1]",
+    ),
+    Case(
+        "job-env-reserved-ld-preload",
+        J,
+        {"spec": {"podOverrides": {"env": [{"name": "LD_PRELOAD", "value": "/x.so"}]}}},
+        "spec.podOverrides.env[0].name",
+    ),
+    Case(
+        "job-env-reserved-checkpoint-uri",
+        J,
+        {"spec": {"podOverrides": {"env": [{"name": "A"}, {"name": "VLM_CHECKPOINT_URI"}]}}},
+        "spec.podOverrides.env[1].name",
+    ),
+    Case(
+        "job-toleration-without-key",
+        J,
+        {"spec": {"podOverrides": {"tolerations": [{"operator": "Exists"}]}}},
+        "spec.podOverrides.tolerations",
+    ),
+    Case(
+        "job-system-priority-class",
+        J,
+        {"spec": {"podOverrides": {"priorityClassName": "system-node-critical"}}},
+        "spec.podOverrides.priorityClassName",
     ),
     Case(
         "job-mount-unknown-volume",

@@ -76,7 +76,7 @@ def test_single_node_job_requests_gpus_and_mounts_claims() -> None:
     assert c["command"][0] == "torchrun"  # 4 GPUs: one process per GPU
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["NPROC_PER_NODE"] == "4" and env["NNODES"] == "1"
-    assert env["VLM_CHECKPOINT_URI"] == "pvc://ckpts/team-a/run1/checkpoints"
+    assert env["VLM_CHECKPOINT_URI"] == "pvc://ckpts/team-a/run1-tj-1/checkpoints"
     claims = {
         v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
         for v in pod["volumes"]
@@ -85,7 +85,7 @@ def test_single_node_job_requests_gpus_and_mounts_claims() -> None:
     assert claims == {"data": True, "ckpts": False}
     cfg = yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])
     assert cfg["dataset"] == "/mnt/pvc/data/sets/train.jsonl"
-    assert cfg["log_path"] == "/mnt/pvc/ckpts/team-a/run1"
+    assert cfg["log_path"] == "/mnt/pvc/ckpts/team-a/run1-tj-1"
     assert cfg["base_model"] == "Qwen/Qwen3-VL-8B-Instruct" and cfg["max_seq_len"] == 65536
     assert cfg["lora_rank"] == 16 and cfg["save_every_steps"] == 10
     # hardening and ownership
