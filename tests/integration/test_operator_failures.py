@@ -120,15 +120,19 @@ def test_trainer_crash_reports_exit_code_and_message(
     cluster: LocalCluster, demo_ns: str, operator: Operator
 ) -> None:
     # The trainer kills itself (SIGKILL) right after its second step's checkpoint: a hard crash.
-    overrides = {"env": [{"name": "VLM_TRAINER_FAULT", "value": "after_checkpoint:2"}]}
-    spec = {
-        "hyperparameters": SMALL,
-        "checkpointing": {"everySteps": 2},
-        "backoffLimit": 0,
-        "podOverrides": overrides,
-    }
-    apply(cluster, demo_ns, trainer_job("crash", **spec))
-    tj = finished(cluster, demo_ns, "crash")
+    # VLM_* is reserved for the operator and admins: the fault comes from the shape's podPolicy.
+    shape_name = f"crashing-{secrets.token_hex(3)}"
+    shape = json.loads(json.dumps(TINY_SHAPE))
+    shape["metadata"]["name"] = shape_name
+    fault = [{"name": "VLM_TRAINER_FAULT", "value": "after_checkpoint:2"}]
+    shape["spec"]["podPolicy"] = {"env": fault}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(shape))
+    spec = {"hyperparameters": SMALL, "checkpointing": {"everySteps": 2}, "backoffLimit": 0}
+    try:
+        apply(cluster, demo_ns, trainer_job("crash", shape=shape_name, **spec))
+        tj = finished(cluster, demo_ns, "crash")
+    finally:
+        cluster.kubectl("delete", "ts", shape_name, "--wait=false")
     failed = condition(tj, "Failed")
     assert tj["status"]["phase"] == "Failed" and failed["reason"] == "BackoffLimitExceeded", failed
     assert "trainer exited with code 137" in failed["message"]

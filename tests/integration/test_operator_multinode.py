@@ -43,6 +43,8 @@ def two_node_shape(cluster: LocalCluster, operator: Operator):
     shape = json.loads(json.dumps(TINY_SHAPE))
     shape["metadata"]["name"] = SHAPE
     shape["spec"]["nodes"] = 2
+    # Reserved names (VLM_*, PET_*): the admin's shape sets them, a job cannot.
+    shape["spec"]["podPolicy"] = {"env": ENV}
     cluster.kubectl("apply", "-f", "-", input=json.dumps(shape))
     yield SHAPE
     cluster.kubectl("delete", "ts", SHAPE, "--wait=false")
@@ -62,7 +64,7 @@ def test_two_node_job_rendezvouses_trains_and_succeeds(
 ) -> None:
     hp = {"learningRate": 0.003, "epochs": 1, "batchSize": 8, "maxSteps": 6, "maxSeqLen": 256}
     spec = {"hyperparameters": hp, "checkpointing": {"everySteps": 3}, "backoffLimit": 2}
-    apply(cluster, demo_ns, trainer_job("duo", shape=SHAPE, podOverrides={"env": ENV}, **spec))
+    apply(cluster, demo_ns, trainer_job("duo", shape=SHAPE, **spec))
     job = wait_for("the Indexed Job", lambda: get(cluster, "job", "duo", "-n", demo_ns), 30)
     assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
     tj = finished(cluster, demo_ns, "duo", timeout=300)
@@ -84,7 +86,7 @@ def test_killing_one_pod_retries_and_resumes(
 ) -> None:
     hp = {"learningRate": 0.003, "epochs": 2, "batchSize": 8, "maxSeqLen": 256}
     spec = {"hyperparameters": hp, "checkpointing": {"everySteps": 5}, "backoffLimit": 6}
-    apply(cluster, demo_ns, trainer_job("duo-kill", shape=SHAPE, podOverrides={"env": ENV}, **spec))
+    apply(cluster, demo_ns, trainer_job("duo-kill", shape=SHAPE, **spec))
 
     def first_checkpoint() -> str | None:
         tj = get(cluster, "tj", "duo-kill", "-n", demo_ns) or {}

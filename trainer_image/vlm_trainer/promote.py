@@ -66,11 +66,11 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
 def promote(
     checkpoint: Path, output: Path, base_model: str | None = None, overwrite: bool = False
 ) -> dict[str, Any]:
+    if (done := _existing(checkpoint, output, overwrite)) is not None:
+        return done  # checked before loading anything: a refusal is quick
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    if (done := _existing(checkpoint, output, overwrite)) is not None:
-        return done
     verify_checkpoint(checkpoint)
     manifest = ckpt.read_manifest(checkpoint) or {}
     kind = manifest.get("type", "full")

@@ -342,10 +342,11 @@ class Promote(ApiModel):
         "starting and ending with a letter or digit. It becomes a folder in the operator's "
         "models location.",
     )
-    overwrite: bool = Field(
-        False,
-        description="Replace a model that already exists under outputModel. Without it such a "
-        "promotion fails with reason ModelExists and the existing model is left as it is.",
+    overwrite: bool | None = Field(
+        None,
+        description="true: replace a model that already exists under outputModel. Unset or "
+        "false: such a promotion fails with reason ModelExists and the existing model is left "
+        "as it is.",
     )
 
 
