@@ -214,13 +214,13 @@ def _train_steps(folder: Path) -> list[int]:
     return [e["step"] for e in map(json.loads, lines) if e.get("event") == "train"]
 
 
-def _job(name: str, dataset: str, epochs: int) -> dict[str, Any]:
+def _job(name: str, dataset: str, epochs: int, keep_last: int = 0) -> dict[str, Any]:
     hp = {"learningRate": 0.003, "epochs": epochs, "batchSize": 8, "maxSeqLen": 256}
     return trainer_job(
         name,
         dataset={"uri": dataset},
         hyperparameters=hp,
-        checkpointing={"everySteps": 1, "keepLast": 0},
+        checkpointing={"everySteps": 1, "keepLast": keep_last},
     )
 
 
@@ -237,7 +237,7 @@ def test_recreated_job_starts_from_step_zero_and_forged_checkpoints_are_refused(
     assert per_epoch >= 1 and _train_steps(old_folder) == list(range(1, per_epoch + 1))
     cluster.kubectl("delete", "tj", name, "-n", ns, "--wait=true")
 
-    apply(cluster, ns, _job(name, dataset, epochs=2))
+    apply(cluster, ns, _job(name, dataset, epochs=2, keep_last=1))
     second = finished(cluster, ns, name, timeout=300)
     assert second["status"]["phase"] == "Succeeded", second["status"]
     assert second["metadata"]["uid"] != first["metadata"]["uid"]
@@ -249,8 +249,36 @@ def test_recreated_job_starts_from_step_zero_and_forged_checkpoints_are_refused(
     assert second["status"]["progress"]["totalSteps"] == total
     manifest = json.loads((new_folder / "checkpoints" / "final" / "manifest.json").read_text())
     assert manifest["job_uid"] == second["metadata"]["uid"] and manifest["step"] == total
+    _pruned_snapshots_are_marked(cluster, ns, second, new_folder, total)
     _forged_checkpoints_are_not_promoted(cluster, ns, second, old_folder)
     _existing_model_is_not_replaced(cluster, ns, second)
+
+
+def _pruned_snapshots_are_marked(
+    cluster: LocalCluster, ns: str, job: dict[str, Any], folder: Path, total: int
+) -> None:
+    """keepLast 1: every step but the last is gone from storage, and its Checkpoint says so."""
+    uid = job["metadata"]["uid"]
+    steps = {
+        c["spec"]["step"]: c
+        for c in get(cluster, "ckpt", "-n", ns)["items"]
+        if not c["spec"]["final"]
+        and uid in {r["uid"] for r in c["metadata"].get("ownerReferences", [])}
+    }
+    # Every step saved but the last (the final checkpoint is written there instead).
+    assert sorted(steps) == list(range(1, total))
+    last = total - 1
+    assert sorted(p.name for p in (folder / "checkpoints").iterdir()) == [
+        "final",
+        f"step-{last:06d}",
+    ]
+    for step, ck in steps.items():
+        name = ck["metadata"]["name"]
+        if step < last:
+            ck = settled(cluster, "ckpt", ns, name, ("Pruned",), 60)
+            assert condition(ck, "Promoted")["reason"] == "Pruned"
+        else:
+            ck = settled(cluster, "ckpt", ns, name, ("Available",), 120)
 
 
 def _checkpoint(name: str, job: str, owner: dict[str, Any], uri: str) -> dict[str, Any]:

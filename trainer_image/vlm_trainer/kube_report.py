@@ -196,7 +196,13 @@ class KubernetesReporter:
         meta["annotations"] = {PRUNED_ANNOTATION: _now()}
         try:
             self.api.patch_namespaced_custom_object(
-                GROUP, VERSION, self.ns, "checkpoints", ck["metadata"]["name"], {"metadata": meta}
+                GROUP,
+                VERSION,
+                self.ns,
+                "checkpoints",
+                ck["metadata"]["name"],
+                {"metadata": meta},
+                _content_type="application/merge-patch+json",
             )
         except ApiException as e:
             if e.status == 409:
