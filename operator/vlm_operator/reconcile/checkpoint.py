@@ -119,6 +119,9 @@ def reconcile_checkpoint(namespace: str, name: str, settings: Settings) -> None:
         try:
             status = _next_status(ck, settings)
         except kube.ForeignObject as e:
+            if e.earlier:  # an earlier Checkpoint of this name's task Job: the GC removes it
+                log.info("Checkpoint %s: waiting for %s %s to be removed", key, e.kind, e.name)
+                return
             status = _failed(ck, C.VERIFIED if ck.get("status") is None else C.PROMOTED, e)
         old = ck.get("status") or {}
         if status and any(old.get(k) != v for k, v in status.items()):
