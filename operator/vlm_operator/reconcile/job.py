@@ -3,7 +3,11 @@
 Level-based: every call reads the current state and converges, so any trigger (the job's own
 events, its Job's or pods' events, a shape appearing, the resync timer) may call it any number of
 times. Children have fixed names and are server-side applied (or created once, for the Job,
-whose pod template is immutable), so a restarted operator creates no duplicates.
+whose pod template is immutable), so a restarted operator creates no duplicates. A child is
+only ever this TrainerJob's when its controller ownerReference carries this job's UID: a name
+taken by anything else fails the job with ChildConflict (checked for every child before the
+first is made) and the object is never touched; one left by an earlier job of the same name
+only delays the start until the garbage collector has removed it.
 
 The operator writes only `status` (never `spec`), and in status only what it owns: phase,
 conditions, times, attempts, shapeVersion. `progress` and `latestCheckpoint` are the trainer's.
