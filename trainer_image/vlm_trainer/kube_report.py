@@ -48,6 +48,10 @@ def _owner_uids(obj: dict[str, Any]) -> set[str]:
     return {r.get("uid") for r in obj.get("metadata", {}).get("ownerReferences") or []}
 
 
+def _same_uri(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.get("spec", {}).get("uri") == b["spec"]["uri"]
+
+
 def _finite(v: Any) -> float | None:
     try:
         f = float(v)
@@ -177,7 +181,8 @@ class KubernetesReporter:
             old = self.api.get_namespaced_custom_object(
                 GROUP, VERSION, self.ns, "checkpoints", candidate
             )
-            if not self.uid or self.uid in _owner_uids(old):
+            # Ours: owned by this UID, or (promoted, so no owner any more) holding our files.
+            if not self.uid or self.uid in _owner_uids(old) or _same_uri(old, body):
                 return candidate
         raise RuntimeError(f"Checkpoint names {name} and {candidate} belong to other jobs")
 
