@@ -8,8 +8,20 @@ reasons and the termination message (file, or the log tail under FallbackToLogsO
 restartPolicy Never/OnFailure/Always, and deletion: SIGTERM, SIGKILL after the grace period, then
 the final delete a kubelet makes. It also binds Pending PersistentVolumeClaims to hostPath PVs
 under its state folder (a tiny local provisioner), since there is no storage driver.
-Not supported: probes, resource enforcement, image pulls (images have no filesystem; the
-process runs on the host as root with the host's network; every pod IP is 127.0.0.1).
+Security, as a kubelet enforces it (see `pod_spec.container_identity` and `pod_exec`): each
+container runs as its `runAsUser`/`runAsGroup` with its supplementary groups (fsGroup included),
+no_new_privs under `allowPrivilegeEscalation: false`; `runAsNonRoot` on a container that would
+run as root leaves the pod Pending with CreateContainerConfigError; under
+`readOnlyRootFilesystem` every mount but the container's writable volumes (and /dev, /proc) is
+read-only in its mount namespace, so a write elsewhere fails with EROFS as on a real node;
+volumes get the kubelet's ownership (emptyDir 0777, fsGroup group-owned and setgid).
+The image: there is none, so the project, its virtualenv and Python (on this machine under
+/root, which only root may enter) stand in for it. As an image would have them, they are made
+readable to any user: in each container's mount namespace a tmpfs (mode 755) covers the first
+non-searchable folder above them (/root) and only those folders are bound back into it, so a
+non-root container reaches them and nothing else of /root (caches, credentials).
+Not supported: probes, resource enforcement, image pulls; processes share the host's network
+(every pod IP is 127.0.0.1).
 
 Run: `python -m tests.cluster.pod_runner --kubeconfig K --state-dir D [--nodes 2 --gpus 4]`.
 It prints `pod-runner ready` once its nodes are registered.
@@ -184,10 +196,15 @@ class PodWorker(threading.Thread):
         """Materialise volumes; on a config error report it and retry, as a kubelet does."""
         while not self.deleted.is_set():
             try:
-                vols = {
-                    v["name"]: pod_spec.materialise_volume(v, self.pod, self.runner.api, self.dir)
-                    for v in self.pod["spec"].get("volumes") or []
-                }
+                spec = self.pod["spec"]
+                for c in [*(spec.get("initContainers") or []), *spec["containers"]]:
+                    pod_spec.container_identity(self.pod, c)  # runAsNonRoot refusals
+                fs_group = (spec.get("securityContext") or {}).get("fsGroup")
+                vols = {}
+                for v in spec.get("volumes") or []:
+                    path = pod_spec.materialise_volume(v, self.pod, self.runner.api, self.dir)
+                    pod_spec.set_volume_ownership(v, path, fs_group)
+                    vols[v["name"]] = path
                 return vols, self.runner.service_env()
             except pod_spec.PodConfigError as e:
                 waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
@@ -299,6 +316,7 @@ class PodWorker(threading.Thread):
         cdir.mkdir(parents=True, exist_ok=True)
         msg_file = cdir / "termination-log"
         msg_file.write_text("")
+        msg_file.chmod(0o666)  # as the kubelet does: any container user writes its message
         (cdir / "hosts").write_text(pod_spec.hosts_file(self.pod))
         mounts = [*pod_spec.container_mounts(c, vols)]
         mounts.append(
@@ -319,6 +337,7 @@ class PodWorker(threading.Thread):
                     "cwd": c.get("workingDir"),
                     "mounts": [m.__dict__ for m in mounts],
                     "keep": self.runner.keep_visible,
+                    "identity": pod_spec.container_identity(self.pod, c).__dict__,
                 }
             )
         )

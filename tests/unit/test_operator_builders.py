@@ -307,3 +307,31 @@ def test_network_policy_lets_only_the_jobs_own_pods_reach_the_rendezvous_port() 
     # ... which is the port torchrun rendezvouses on (4 GPUs: torchrun with MASTER_PORT).
     container = by_kind(children)["Job"]["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "MASTER_PORT", "value": "29500"} in container["env"]
+
+
+CACHES = ["HOME", "HF_HOME", "XDG_CACHE_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"]
+
+
+@pytest.mark.parametrize("task", ["train", "verify", "promote"])
+def test_every_cache_is_on_a_writable_volume_of_a_read_only_pod(task: str) -> None:
+    """The root filesystem is read-only, so HOME, the hub's download folder (a hub-id base
+    model, as SHAPE's, is fetched there) and every cache must lie on a writable emptyDir."""
+    if task == "train":
+        job = trainer_workload(tj(), shape(), "pvc://ckpts", "img")[-1]
+    else:
+        job = (verify_job if task == "verify" else promote_job)(
+            CKPT, *(("my-model", "pvc://models/published") if task == "promote" else ()), "img"
+        )
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    writable = [
+        m["mountPath"]
+        for m in c["volumeMounts"]
+        if m["name"] in empty_dirs and not m.get("readOnly")
+    ]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    for name in CACHES:
+        assert any(env[name] == w or env[name].startswith(w + "/") for w in writable), name
