@@ -53,6 +53,8 @@ CACHE_ENV: dict[str, str] = {
 
 def cache_env() -> list[dict[str, Any]]:
     return [{"name": k, "value": v} for k, v in CACHE_ENV.items()]
+
+
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
