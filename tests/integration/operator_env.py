@@ -90,6 +90,7 @@ def operator_env(cluster: LocalCluster, **extra: str) -> dict[str, str]:
         "VLM_CHECKPOINT_STORAGE": CHECKPOINT_STORAGE,
         "VLM_MODEL_STORAGE": MODEL_STORAGE,
         "VLM_RESYNC_SECONDS": "5",
+        "VLM_NETWORK_POLICY": "true",  # as the chart installs it by default
         **extra,
     }
 

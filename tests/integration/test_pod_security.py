@@ -49,6 +49,10 @@ def test_trainer_job_runs_in_a_restricted_namespace(
     assert tj["status"]["phase"] == "Succeeded", tj["status"]
     final = checkpoint_settled(cluster, demo_ns, "restricted-final", timeout=240)
     assert final["status"]["phase"] == "Promoted", final["status"]
+    # Its trainer pods accept only each other, on the rendezvous port (the chart's default).
+    policy = get(cluster, "networkpolicy", "restricted-trainer", "-n", demo_ns)
+    assert policy["spec"]["podSelector"]["matchLabels"]["vlmtrain.dev/trainer-job"] == "restricted"
+    assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 29500}]
     # Every pod ran as the builders say: non-root, read-only root filesystem.
     pods = get(cluster, "pods", "-n", demo_ns, "-l", "vlmtrain.dev/trainer-job=restricted")
     tasks = {p["metadata"]["labels"]["vlmtrain.dev/task"] for p in pods["items"]}
