@@ -8,10 +8,11 @@ replicas' wall clocks need not agree. Every write is a compare-and-swap on the L
 resourceVersion (create, or PUT with the version read), so two candidates never both win.
 
 Handover: a killed leader is replaced within `duration + retry` seconds (15 + 2 by default).
-A leader that cannot renew for `duration` seconds stops being the leader by exiting the process
-(its Deployment restarts it as a candidate): workers cannot be stopped mid-reconcile, and a
-process that keeps writing after another replica took over is what this module exists to
-prevent. Assumed: the Lease's namespace exists.
+A leader that cannot renew for two thirds of `duration` (client-go's renew deadline, before any
+candidate may take over), or that finds another holder in the Lease, stops being the leader by
+exiting the process (its Deployment restarts it as a candidate): workers cannot be stopped
+mid-reconcile, and a process that keeps writing after another replica took over is what this
+module exists to prevent. Assumed: the Lease's namespace exists.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class LeaderElector:
         self._seen: tuple[Any, Any] | None = None  # (holder, renewTime) last observed
         self._seen_at = 0.0  # monotonic time it was first observed
         self._renewed_at = 0.0  # monotonic time of our last successful renewal
+        self._usurped = False  # the last round found another replica holding the Lease
         self.leading = False
 
     def _record(self) -> dict[str, Any]:
@@ -60,6 +62,7 @@ class LeaderElector:
 
     def try_acquire_or_renew(self) -> bool:
         """One round: True when this replica holds the Lease afterwards."""
+        self._usurped = False
         lease = kube.get("Lease", self.namespace, self.name)
         if lease is None:
             body = {
@@ -79,6 +82,7 @@ class LeaderElector:
         expired = time.monotonic() - self._seen_at > float(
             spec.get("leaseDurationSeconds") or self.duration
         )
+        self._usurped = bool(holder) and not mine
         if holder and not mine and not expired:
             return False
         new = self._record()
@@ -95,6 +99,9 @@ class LeaderElector:
             if e.status != 409:
                 log.warning("lease %s/%s: %s", self.namespace, self.name, e.reason)
             held = False
+        except Exception as e:  # the API server unreachable: keep trying until the deadline
+            log.warning("lease %s/%s: %s", self.namespace, self.name, e)
+            held = False
         if held:
             self._renewed_at = time.monotonic()
 
@@ -108,7 +115,7 @@ class LeaderElector:
                 metrics.LEADER.set(1)
                 log.info("lease %s/%s acquired by %s", self.namespace, self.name, self.identity)
                 on_started()
-            elif self.leading and now - self._renewed_at > self.duration:
+            elif self.leading and (now - self._renewed_at > self.duration * 2 / 3 or self._usurped):
                 metrics.LEADER.set(0)
                 log.error("lease %s/%s lost by %s", self.namespace, self.name, self.identity)
                 on_lost()
