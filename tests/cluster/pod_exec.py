@@ -24,6 +24,7 @@ empty folders/files, which is harmless outside the namespace.
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import subprocess
@@ -80,6 +81,10 @@ def _remount_read_only(point: str, options: set[str]) -> None:
     flags |= sum(bit for opt, bit in _KEEP_FLAGS.items() if opt in options)
     if _libc.mount(b"none", point.encode(), None, flags, None) != 0:
         err = ctypes.get_errno()
+        # A host mount under a folder that a volume now covers (an emptyDir at /tmp hides the
+        # host's /tmp/...) cannot be reached from the container: nothing to protect there.
+        if err in (errno.ENOENT, errno.EINVAL):
+            return
         raise OSError(err, f"remount {point} read-only: {os.strerror(err)}")
 
 
