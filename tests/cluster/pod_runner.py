@@ -19,7 +19,9 @@ The image: there is none, so the project, its virtualenv and Python (on this mac
 /root, which only root may enter) stand in for it. As an image would have them, they are made
 readable to any user: in each container's mount namespace a tmpfs (mode 755) covers the first
 non-searchable folder above them (/root) and only those folders are bound back into it, so a
-non-root container reaches them and nothing else of /root (caches, credentials).
+non-root container reaches them and nothing else of /root (caches, credentials). Like the
+project's images (operator/Dockerfile, trainer_image/Dockerfile), /etc/passwd and /etc/group
+know the user `vlm` (uid and gid 65532): the host's files plus that entry, bound read-only.
 Not supported: probes, resource enforcement, image pulls; processes share the host's network
 (every pod IP is 127.0.0.1).
 
@@ -54,6 +56,7 @@ log = logging.getLogger("pod-runner")
 MAX_MESSAGE = 4096
 FALLBACK_LINES, FALLBACK_BYTES = 80, 2048
 HEARTBEAT_S = 5.0
+IMAGE_USER = 65532  # the non-root user of the project's images (`vlm`)
 
 
 def now() -> str:
@@ -325,6 +328,7 @@ class PodWorker(threading.Thread):
             )
         )
         mounts.append(pod_spec.Mount(str(cdir / "hosts"), "/etc/hosts", True))
+        mounts += [pod_spec.Mount(str(f), t, True) for t, f in self.runner.image_etc.items()]
         sa_mounted = any(m.target == pod_spec.SA_MOUNT for m in mounts)
         if sa_mounted:  # in-cluster config looks for these two variables
             env.setdefault("KUBERNETES_SERVICE_HOST", "127.0.0.1")
@@ -439,12 +443,29 @@ class PodRunner:
             {str(p.resolve()) for p in (self.repo, Path(sys.prefix), Path(sys.base_prefix))}
         )
         self.keep_visible = [p for p in real if not any(p.startswith(q + "/") for q in real)]
+        self.image_etc = self._image_accounts()
         # Every pod this runner started, by uid, kept after it ends so that late watch events
         # (a stale "Pending") never start it twice.
         self.workers: dict[str, PodWorker] = {}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.port = int(api_client.configuration.host.rsplit(":", 1)[1])
+
+    def _image_accounts(self) -> dict[str, Path]:
+        """/etc/passwd and /etc/group as the images have them: the host's plus user `vlm`."""
+        folder = self.state_dir / "image-etc"
+        folder.mkdir(parents=True, exist_ok=True)
+        extra = {
+            "passwd": f"vlm:x:{IMAGE_USER}:{IMAGE_USER}::/home/vlm:/usr/sbin/nologin\n",
+            "group": f"vlm:x:{IMAGE_USER}:\n",
+        }
+        out = {}
+        for name, line in extra.items():
+            host = Path("/etc", name).read_text()
+            known = any(ln.split(":")[2:3] == [str(IMAGE_USER)] for ln in host.splitlines())
+            (folder / name).write_text(host if known else host.rstrip("\n") + "\n" + line)
+            out[f"/etc/{name}"] = folder / name
+        return out
 
     def base_env(self) -> dict[str, str]:
         """What an image would set: PATH (with the project's venv first), HOME, locale."""
