@@ -2,7 +2,10 @@
 
 Defaults suit one replica watching every namespace: `--standalone`, `--all-namespaces`, the
 liveness endpoint on :8080/healthz and metrics on :9090/metrics. Several replicas use
-`--peering NAME` (kopf's peering objects must exist) so that only one is active at a time.
+`--leader-elect` (a coordination.k8s.io Lease, `--lease-namespace`/`--lease-name`, see
+vlm_operator.leader): only the holder reconciles, a standby takes over within
+`--lease-seconds` + 2 s of the holder's death. `--peering NAME` (kopf's peering) is still
+accepted, but it only pauses kopf's watches, not the operator's work queue: use the Lease.
 """
 
 from __future__ import annotations
@@ -25,6 +28,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--peering", help="kopf peering name; omit for --standalone")
     ap.add_argument("--standalone", action="store_true", help="no peering (default)")
     ap.add_argument(
+        "--leader-elect", action="store_true", help="only the holder of the Lease reconciles"
+    )
+    ap.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("VLM_OPERATOR_NAMESPACE", "default"),
+        help="namespace of the leader Lease (default: $VLM_OPERATOR_NAMESPACE, else default)",
+    )
+    ap.add_argument("--lease-name", default="vlm-trainer-operator", help="name of the Lease")
+    ap.add_argument("--lease-seconds", type=float, default=15.0, help="Lease duration")
+    ap.add_argument(
         "--liveness",
         default="http://0.0.0.0:8080/healthz",
         help="liveness endpoint URL; '' disables",
@@ -36,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     os.environ["VLM_METRICS_PORT"] = str(a.metrics_port)
     os.environ["VLM_WATCH_NAMESPACES"] = ",".join(a.namespace)  # read by settings.Settings
+    os.environ["VLM_LEADER_LEASE"] = f"{a.lease_namespace}/{a.lease_name}" if a.leader_elect else ""
+    os.environ["VLM_LEASE_SECONDS"] = str(a.lease_seconds)
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     if os.environ.get("VLM_LOG_FORMAT") == "json":
         fmt = '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":%(message)r}'

@@ -4,10 +4,17 @@ Plain REST on the official client's connection (auth, TLS, retries of the transp
 bodies in API form. Supported calls: get/list of any of the few kinds the operator touches,
 server-side apply of the children it owns (field manager `vlm-operator`; re-applying the same
 object is a no-op, so reconciles are idempotent), create-if-absent for Jobs (whose pod template is
-immutable), status merge patches, metadata patches, and Events. Ownership: `apply` and `create`
-never adopt or change an object whose controller ownerReference is not the one the new object
-names; they raise ForeignObject and leave it as it is. Credentials: in-cluster when
-running in a pod, else `$KUBECONFIG`.
+immutable), status merge patches (guarded by the resourceVersion that was read: a 409 means the
+object changed, so the reconcile runs again on fresh data and status never goes backwards),
+metadata patches, Events, and the leader-election Lease (get, create, update).
+Ownership: `apply` and `create` never adopt or change an object whose controller ownerReference
+is not the one the new object names; they raise ForeignObject and leave it as it is.
+Credentials: in-cluster when running in a pod, else `$KUBECONFIG`.
+
+Every request goes through `_request`, which refuses a (kind, verb) missing from `ACCESS`: that
+table is the operator's whole API use (kopf's watches aside, see main.KOPF_ACCESS), and
+tests/unit/test_chart_rbac.py compares it with the chart's ClusterRole both ways. Writes are
+counted per kind and verb (`vlm_operator_api_writes_total`), so each replica shows what it wrote.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from urllib.parse import quote, urlencode
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from vlm_operator import metrics
 from vlm_operator.api import GROUP, VERSION
 
 log = logging.getLogger("vlm_operator.kube")
@@ -41,7 +49,32 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "Event": ("/api/v1", "events", True),
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
+    "Lease": ("/apis/coordination.k8s.io/v1", "leases", True),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", True),
 }
+
+#: (kind[/subresource]) -> the verbs the operator uses on it: everything `_request` lets through.
+#: Server-side apply and merge/JSON patches are `patch` (an apply of an absent object creates
+#: it, so applied kinds need `create` too); a GET without a name is `list`.
+ACCESS: dict[str, frozenset[str]] = {
+    "TrainingShape": frozenset({"get", "list"}),
+    "TrainingShape/status": frozenset({"patch"}),
+    "TrainerJob": frozenset({"get", "list"}),
+    "TrainerJob/status": frozenset({"patch"}),
+    "Checkpoint": frozenset({"get", "list", "patch"}),  # patch: drop the owner on promotion
+    "Checkpoint/status": frozenset({"patch"}),
+    "Job": frozenset({"get", "create", "patch"}),  # patch: suspend/resume
+    "Pod": frozenset({"list"}),
+    "ConfigMap": frozenset({"create", "patch"}),
+    "Service": frozenset({"create", "patch"}),
+    "ServiceAccount": frozenset({"create", "patch"}),
+    "Role": frozenset({"create", "patch"}),
+    "RoleBinding": frozenset({"create", "patch"}),
+    "NetworkPolicy": frozenset({"create", "patch"}),
+    "Event": frozenset({"create"}),
+    "Lease": frozenset({"get", "create", "update"}),
+}
+_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 
 _client: client.ApiClient | None = None
 _lock = threading.Lock()
@@ -90,10 +123,34 @@ def _call(
     return json.loads(data) if data else {}
 
 
+def _check(key: str, verb: str) -> str:
+    if verb not in ACCESS.get(key, ()):
+        raise PermissionError(f"{verb} {key} is not in kube.ACCESS (nor in the ClusterRole)")
+    return key
+
+
+def _request(
+    method: str,
+    kind: str,
+    namespace: str | None = None,
+    name: str | None = None,
+    sub: str = "",
+    body: Any = None,
+    query: dict[str, Any] | None = None,
+    content_type: str = "application/json",
+) -> dict[str, Any]:
+    """One API call, checked against `ACCESS` (an unlisted call is a bug, not a 403 later)."""
+    verb = _VERBS.get(method) or ("get" if name else "list")
+    key = _check(f"{kind}/{sub}" if sub else kind, verb)
+    if method != "GET":
+        metrics.API_WRITES.labels(kind=key, verb=verb).inc()
+    return _call(method, _path(kind, namespace, name, sub), body, query, content_type)
+
+
 def get(kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
     """The object, or None when it does not exist."""
     try:
-        return _call("GET", _path(kind, namespace, name))
+        return _request("GET", kind, namespace, name)
     except ApiException as e:
         if e.status == 404:
             return None
@@ -104,7 +161,7 @@ def list_objects(
     kind: str, namespace: str | None = None, labels: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
     query = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
-    return _call("GET", _path(kind, namespace), query=query).get("items", [])
+    return _request("GET", kind, namespace, query=query).get("items", [])
 
 
 class ForeignObject(Exception):
@@ -165,8 +222,8 @@ def apply(obj: dict[str, Any]) -> dict[str, Any]:
         return created
     check_owned(existing, obj)
     query = {"fieldManager": FIELD_MANAGER, "force": "true"}
-    path = _path(obj["kind"], meta.get("namespace"), meta["name"])
-    return _call("PATCH", path, obj, query, "application/apply-patch+yaml")
+    ns, name = meta.get("namespace"), meta["name"]
+    return _request("PATCH", obj["kind"], ns, name, "", obj, query, "application/apply-patch+yaml")
 
 
 def create(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -176,7 +233,7 @@ def create(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     meta = obj["metadata"]
     try:
         query = {"fieldManager": FIELD_MANAGER}
-        return _call("POST", _path(obj["kind"], meta.get("namespace")), obj, query), True
+        return _request("POST", obj["kind"], meta.get("namespace"), body=obj, query=query), True
     except ApiException as e:
         if e.status != 409:
             raise
@@ -188,22 +245,57 @@ def create(obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
 
 def merge_patch(
-    kind: str, namespace: str | None, name: str, patch: dict[str, Any], status: bool = False
+    kind: str,
+    namespace: str | None,
+    name: str,
+    patch: dict[str, Any],
+    status: bool = False,
+    resource_version: str | None = None,
 ) -> dict[str, Any]:
-    path = _path(kind, namespace, name, "status" if status else "")
-    return _call("PATCH", path, patch, content_type="application/merge-patch+json")
+    """A JSON merge patch. With `resource_version` the API server applies it only to that
+    version of the object (409 Conflict otherwise): a status computed from an old read can
+    never overwrite a newer one."""
+    if resource_version:
+        patch = {
+            **patch,
+            "metadata": {**patch.get("metadata", {}), "resourceVersion": resource_version},
+        }
+    sub = "status" if status else ""
+    return _request(
+        "PATCH", kind, namespace, name, sub, patch, content_type="application/merge-patch+json"
+    )
+
+
+def patch_status(obj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """Merge `status` into the status of `obj`, as of the resourceVersion it was read at."""
+    meta = obj["metadata"]
+    return merge_patch(
+        obj["kind"],
+        meta.get("namespace"),
+        meta["name"],
+        {"status": status},
+        status=True,
+        resource_version=meta.get("resourceVersion"),
+    )
 
 
 def json_patch(kind: str, namespace: str | None, name: str, ops: list[dict[str, Any]]) -> None:
-    _call("PATCH", _path(kind, namespace, name), ops, content_type="application/json-patch+json")
+    ct = "application/json-patch+json"
+    _request("PATCH", kind, namespace, name, body=ops, content_type=ct)
 
 
 def delete(kind: str, namespace: str | None, name: str, propagation: str = "Background") -> None:
     try:
-        _call("DELETE", _path(kind, namespace, name), {"propagationPolicy": propagation})
+        _request("DELETE", kind, namespace, name, body={"propagationPolicy": propagation})
     except ApiException as e:
         if e.status != 404:
             raise
+
+
+def replace(obj: dict[str, Any]) -> dict[str, Any]:
+    """PUT the whole object; its metadata.resourceVersion makes it a compare-and-swap (409)."""
+    meta = obj["metadata"]
+    return _request("PUT", obj["kind"], meta.get("namespace"), meta["name"], body=obj)
 
 
 def post_event(obj: dict[str, Any], type: str, reason: str, message: str) -> None:
@@ -233,6 +325,6 @@ def post_event(obj: dict[str, Any], type: str, reason: str, message: str) -> Non
         "count": 1,
     }
     try:
-        _call("POST", _path("Event", ns), event)
+        _request("POST", "Event", ns, body=event)
     except ApiException as e:
         log.warning("could not post event %s for %s/%s: %s", reason, ns, meta["name"], e.reason)

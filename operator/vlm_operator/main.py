@@ -6,6 +6,10 @@ operator created (label `app.kubernetes.io/managed-by=vlm-trainer-operator`), wh
 their TrainerJob or Checkpoint. A resync thread re-enqueues every object periodically, so nothing
 depends on seeing one particular event. The operator adds no finalizers to anyone's objects:
 deleting a TrainerJob never hangs on the operator, and owner references clean up its children.
+
+With leader election (`--leader-elect`, see `leader`), every replica watches and enqueues, but
+only the Lease holder starts the queue's workers and the resync; a standby replica writes
+nothing. kopf itself runs standalone in each replica: its event handlers only enqueue.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from vlm_operator import kube, metrics
+from vlm_operator import kube, leader, metrics
 from vlm_operator.api import GROUP, VERSION
 from vlm_operator.builders.labels import JOB_LABEL, MANAGED_BY, TASK_LABEL
 from vlm_operator.reconcile.checkpoint import reconcile_checkpoint
@@ -48,22 +52,57 @@ QUEUE = WorkQueue(dispatch)
 _stop = threading.Event()
 
 
+#: What kopf itself calls for the watches below and its own bookkeeping, on top of
+#: kube.ACCESS: (apiGroup, resource, verb). tests/unit/test_chart_rbac.py adds the watched
+#: resources (list, watch) from kopf's registry and compares the sum with the ClusterRole.
+KOPF_ACCESS: frozenset[tuple[str, str, str]] = frozenset(
+    {
+        # Discovery of the served resources and, for namespace globs, of the namespaces.
+        *(
+            ("apiextensions.k8s.io", "customresourcedefinitions", v)
+            for v in ("get", "list", "watch")
+        ),
+        *(("", "namespaces", v) for v in ("get", "list", "watch")),
+        # kopf posts Events about handler failures (core API; events.k8s.io on newer kopf).
+        ("", "events", "create"),
+        ("", "events", "patch"),
+        ("events.k8s.io", "events", "create"),
+        ("events.k8s.io", "events", "patch"),
+    }
+)
+
+
+def _resync_once() -> None:
+    try:
+        for kind in ("TrainingShape", "TrainerJob", "Checkpoint"):
+            for obj in kube.list_objects(kind):
+                QUEUE.add((kind, obj["metadata"].get("namespace"), obj["metadata"]["name"]))
+    except Exception as e:
+        log.warning("resync failed: %s", e)
+
+
 def _resync() -> None:
+    _resync_once()  # a new leader catches up on everything at once
     while not _stop.wait(SETTINGS.resync_seconds):
-        try:
-            for kind in ("TrainingShape", "TrainerJob", "Checkpoint"):
-                for obj in kube.list_objects(kind):
-                    QUEUE.add((kind, obj["metadata"].get("namespace"), obj["metadata"]["name"]))
-        except Exception as e:
-            log.warning("resync failed: %s", e)
+        _resync_once()
+
+
+def _activate() -> None:
+    """Start reconciling: at startup, or once this replica holds the leader Lease."""
+    metrics.LEADER.set(1)
+    QUEUE.start()
+    threading.Thread(target=_resync, name="resync", daemon=True).start()
 
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     configure_kopf(settings)
     metrics.serve(int(os.environ.get("VLM_METRICS_PORT", "9090")))
-    QUEUE.start()
-    threading.Thread(target=_resync, name="resync", daemon=True).start()
+    if SETTINGS.leader_lease:
+        ns, _, name = SETTINGS.leader_lease.partition("/")
+        leader.start(ns, name, SETTINGS.lease_seconds, _activate)
+    else:
+        _activate()
     log.info(
         "vlm-operator started: trainer image %s, checkpoints %s, models %s",
         SETTINGS.trainer_image,

@@ -3,7 +3,9 @@
 Exposed: `vlm_operator_trainerjobs{phase}` and `vlm_operator_checkpoints{phase}` (objects this
 operator has seen, by phase), `vlm_operator_reconcile_total{kind,result}`,
 `vlm_operator_reconcile_errors_total{kind}`, `vlm_operator_reconcile_seconds{kind}` (histogram),
-`vlm_operator_promotions_total{result}`.
+`vlm_operator_promotions_total{result}`, `vlm_operator_api_writes_total{kind,verb}` (every
+write this process sent to the API server) and `vlm_operator_leader` (1 while this replica holds
+the leader Lease, or always with leader election off).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ ERRORS = Counter("vlm_operator_reconcile_errors", "Reconciles that raised", ["ki
 DURATION = Histogram("vlm_operator_reconcile_seconds", "Reconcile duration", ["kind"])
 PROMOTIONS = Counter("vlm_operator_promotions", "Finished promotions by result", ["result"])
 JOBS = Gauge("vlm_operator_trainerjobs", "TrainerJobs by phase", ["phase"])
+API_WRITES = Counter("vlm_operator_api_writes", "API writes by kind and verb", ["kind", "verb"])
+LEADER = Gauge("vlm_operator_leader", "1 while this replica is the active one")
 CHECKPOINTS = Gauge("vlm_operator_checkpoints", "Checkpoints by phase", ["phase"])
 
 _phases: dict[str, dict[str, str]] = {"TrainerJob": {}, "Checkpoint": {}}

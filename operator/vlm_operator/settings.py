@@ -4,7 +4,10 @@ Supported environment (all optional): `VLM_TRAINER_IMAGE` (the default trainer i
 `VLM_CHECKPOINT_STORAGE` (default checkpoint location, `pvc://claim[/path]` or `file:///path`),
 `VLM_MODEL_STORAGE` (where promoted models go), `VLM_LOG_FORMAT` (`text` or `json`),
 `VLM_RESYNC_SECONDS` (how often every TrainerJob is re-reconciled as a safety net),
-`VLM_WATCH_NAMESPACES` (comma-separated namespace globs; empty = all; set by `--namespace`).
+`VLM_WATCH_NAMESPACES` (comma-separated namespace globs; empty = all; set by `--namespace`),
+`VLM_LEADER_LEASE` (`namespace/name` of the leader-election Lease; empty = no election, this
+process is always active; set by `--leader-elect`), `VLM_LEASE_SECONDS` (its duration),
+`VLM_NETWORK_POLICY` (`true`: every TrainerJob gets a NetworkPolicy, see builders.network).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class Settings:
     log_format: str = "text"
     resync_seconds: float = 30.0
     namespaces: tuple[str, ...] = field(default_factory=tuple)
+    leader_lease: str = ""
+    lease_seconds: float = 15.0
+    network_policy: bool = False
 
     def watches(self, namespace: str | None) -> bool:
         """Whether objects in `namespace` are this operator's (cluster-scoped: always)."""
@@ -49,6 +55,9 @@ class Settings:
             log_format=e.get("VLM_LOG_FORMAT", cls.log_format),
             resync_seconds=float(e.get("VLM_RESYNC_SECONDS", cls.resync_seconds)),
             namespaces=tuple(n for n in e.get("VLM_WATCH_NAMESPACES", "").split(",") if n),
+            leader_lease=e.get("VLM_LEADER_LEASE", ""),
+            lease_seconds=float(e.get("VLM_LEASE_SECONDS", cls.lease_seconds)),
+            network_policy=e.get("VLM_NETWORK_POLICY", "").lower() == "true",
         )
 
 

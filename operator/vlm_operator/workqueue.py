@@ -4,6 +4,8 @@ Watch events and the periodic resync only *enqueue* keys; a few worker threads r
 A key is never reconciled by two workers at once (re-adding it while it runs marks it dirty and
 it runs again afterwards), duplicates collapse, and a failed reconcile is retried with
 exponential backoff (1 s doubling to 60 s) while the error is logged with the object's name.
+A 409 Conflict (the object changed since it was read: a resourceVersion-guarded write lost) is
+not a failure: the key runs again at once, on a fresh read.
 """
 
 from __future__ import annotations
@@ -81,6 +83,13 @@ class WorkQueue:
                 self._failures.pop(key, None)
                 retry = None
             except Exception as e:
+                if getattr(e, "status", None) == 409:
+                    log.debug("%s %s/%s: conflict, reconciling again", key[0], key[1], key[2])
+                    with self._cv:
+                        self._running.discard(key)
+                        self._dirty.discard(key)
+                    self.add(key)
+                    continue
                 n = self._failures[key] = self._failures.get(key, 0) + 1
                 retry = min(MAX_BACKOFF, 2.0 ** (n - 1))
                 log.warning(

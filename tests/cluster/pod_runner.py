@@ -8,8 +8,22 @@ reasons and the termination message (file, or the log tail under FallbackToLogsO
 restartPolicy Never/OnFailure/Always, and deletion: SIGTERM, SIGKILL after the grace period, then
 the final delete a kubelet makes. It also binds Pending PersistentVolumeClaims to hostPath PVs
 under its state folder (a tiny local provisioner), since there is no storage driver.
-Not supported: probes, resource enforcement, image pulls (images have no filesystem; the
-process runs on the host as root with the host's network; every pod IP is 127.0.0.1).
+Security, as a kubelet enforces it (see `pod_spec.container_identity` and `pod_exec`): each
+container runs as its `runAsUser`/`runAsGroup` with its supplementary groups (fsGroup included),
+no_new_privs under `allowPrivilegeEscalation: false`; `runAsNonRoot` on a container that would
+run as root leaves the pod Pending with CreateContainerConfigError; under
+`readOnlyRootFilesystem` every mount but the container's writable volumes (and /dev, /proc) is
+read-only in its mount namespace, so a write elsewhere fails with EROFS as on a real node;
+volumes get the kubelet's ownership (emptyDir 0777, fsGroup group-owned and setgid).
+The image: there is none, so the project, its virtualenv and Python (on this machine under
+/root, which only root may enter) stand in for it. As an image would have them, they are made
+readable to any user: in each container's mount namespace a tmpfs (mode 755) covers the first
+non-searchable folder above them (/root) and only those folders are bound back into it, so a
+non-root container reaches them and nothing else of /root (caches, credentials). Like the
+project's images (operator/Dockerfile, trainer_image/Dockerfile), /etc/passwd and /etc/group
+know the user `vlm` (uid and gid 65532): the host's files plus that entry, bound read-only.
+Not supported: probes, resource enforcement, image pulls; processes share the host's network
+(every pod IP is 127.0.0.1).
 
 Run: `python -m tests.cluster.pod_runner --kubeconfig K --state-dir D [--nodes 2 --gpus 4]`.
 It prints `pod-runner ready` once its nodes are registered.
@@ -42,6 +56,7 @@ log = logging.getLogger("pod-runner")
 MAX_MESSAGE = 4096
 FALLBACK_LINES, FALLBACK_BYTES = 80, 2048
 HEARTBEAT_S = 5.0
+IMAGE_USER = 65532  # the non-root user of the project's images (`vlm`)
 
 
 def now() -> str:
@@ -184,10 +199,15 @@ class PodWorker(threading.Thread):
         """Materialise volumes; on a config error report it and retry, as a kubelet does."""
         while not self.deleted.is_set():
             try:
-                vols = {
-                    v["name"]: pod_spec.materialise_volume(v, self.pod, self.runner.api, self.dir)
-                    for v in self.pod["spec"].get("volumes") or []
-                }
+                spec = self.pod["spec"]
+                for c in [*(spec.get("initContainers") or []), *spec["containers"]]:
+                    pod_spec.container_identity(self.pod, c)  # runAsNonRoot refusals
+                fs_group = (spec.get("securityContext") or {}).get("fsGroup")
+                vols = {}
+                for v in spec.get("volumes") or []:
+                    path = pod_spec.materialise_volume(v, self.pod, self.runner.api, self.dir)
+                    pod_spec.set_volume_ownership(v, path, fs_group)
+                    vols[v["name"]] = path
                 return vols, self.runner.service_env()
             except pod_spec.PodConfigError as e:
                 waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
@@ -299,6 +319,7 @@ class PodWorker(threading.Thread):
         cdir.mkdir(parents=True, exist_ok=True)
         msg_file = cdir / "termination-log"
         msg_file.write_text("")
+        msg_file.chmod(0o666)  # as the kubelet does: any container user writes its message
         (cdir / "hosts").write_text(pod_spec.hosts_file(self.pod))
         mounts = [*pod_spec.container_mounts(c, vols)]
         mounts.append(
@@ -307,6 +328,7 @@ class PodWorker(threading.Thread):
             )
         )
         mounts.append(pod_spec.Mount(str(cdir / "hosts"), "/etc/hosts", True))
+        mounts += [pod_spec.Mount(str(f), t, True) for t, f in self.runner.image_etc.items()]
         sa_mounted = any(m.target == pod_spec.SA_MOUNT for m in mounts)
         if sa_mounted:  # in-cluster config looks for these two variables
             env.setdefault("KUBERNETES_SERVICE_HOST", "127.0.0.1")
@@ -319,6 +341,7 @@ class PodWorker(threading.Thread):
                     "cwd": c.get("workingDir"),
                     "mounts": [m.__dict__ for m in mounts],
                     "keep": self.runner.keep_visible,
+                    "identity": pod_spec.container_identity(self.pod, c).__dict__,
                 }
             )
         )
@@ -420,12 +443,29 @@ class PodRunner:
             {str(p.resolve()) for p in (self.repo, Path(sys.prefix), Path(sys.base_prefix))}
         )
         self.keep_visible = [p for p in real if not any(p.startswith(q + "/") for q in real)]
+        self.image_etc = self._image_accounts()
         # Every pod this runner started, by uid, kept after it ends so that late watch events
         # (a stale "Pending") never start it twice.
         self.workers: dict[str, PodWorker] = {}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.port = int(api_client.configuration.host.rsplit(":", 1)[1])
+
+    def _image_accounts(self) -> dict[str, Path]:
+        """/etc/passwd and /etc/group as the images have them: the host's plus user `vlm`."""
+        folder = self.state_dir / "image-etc"
+        folder.mkdir(parents=True, exist_ok=True)
+        extra = {
+            "passwd": f"vlm:x:{IMAGE_USER}:{IMAGE_USER}::/home/vlm:/usr/sbin/nologin\n",
+            "group": f"vlm:x:{IMAGE_USER}:\n",
+        }
+        out = {}
+        for name, line in extra.items():
+            host = Path("/etc", name).read_text()
+            known = any(ln.split(":")[2:3] == [str(IMAGE_USER)] for ln in host.splitlines())
+            (folder / name).write_text(host if known else host.rstrip("\n") + "\n" + line)
+            out[f"/etc/{name}"] = folder / name
+        return out
 
     def base_env(self) -> dict[str, str]:
         """What an image would set: PATH (with the project's venv first), HOME, locale."""

@@ -6,16 +6,25 @@ spec.nodeName, spec.serviceAccountName, status.podIP/hostIP), `resourceFieldRef`
 `configMapKeyRef`, `secretKeyRef`, `envFrom`; `$(VAR)` expansion in env, command and args;
 volumes emptyDir, configMap, secret, downwardAPI, projected (serviceAccountToken, configMap,
 secret, downwardAPI), persistentVolumeClaim (through its bound PV's hostPath) and hostPath;
-`subPath` and `readOnly` mounts. Assumed: every pod's IP is 127.0.0.1 (all pods share the host's
-network); images have no filesystem of their own, so a container needs a `command` unless its image
-is in the runner's entrypoint table.
+`subPath` and `readOnly` mounts; the security context a kubelet enforces (`container_identity`):
+`runAsUser`/`runAsGroup` (container over pod), `runAsNonRoot` (a container that would run as
+uid 0 is refused with CreateContainerConfigError), supplementary groups (`fsGroup`,
+`supplementalGroups`), `readOnlyRootFilesystem`, `allowPrivilegeEscalation: false` (no_new_privs);
+and volume ownership (`set_volume_ownership`): emptyDirs are world-writable, and with `fsGroup`
+every emptyDir, PVC, ConfigMap, Secret, downwardAPI and projected volume is group-owned by it
+(setgid folders; group-writable where the volume is writable). Assumed: every pod's IP is
+127.0.0.1 (all pods share the host's network); images have no filesystem of their own and run as
+root unless the pod says otherwise (no USER in the image), so a container needs a `command`
+unless its image is in the runner's entrypoint table.
 """
 
 from __future__ import annotations
 
 import base64
 import fnmatch
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +51,68 @@ class Mount:
     source: str  # a local file or folder
     target: str  # the container path
     read_only: bool
+
+
+#: The user an image runs as when the pod sets none: our images have no USER, so root.
+IMAGE_UID, IMAGE_GID = 0, 0
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a container's process is, and how its root filesystem is mounted."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    read_only_root: bool
+    no_new_privs: bool
+
+
+def container_identity(pod: dict[str, Any], container: dict[str, Any]) -> Identity:
+    """The kubelet's reading of the pod and container securityContext (container wins)."""
+    psc = pod["spec"].get("securityContext") or {}
+    csc = container.get("securityContext") or {}
+
+    def pick(key: str) -> Any:
+        return csc[key] if csc.get(key) is not None else psc.get(key)
+
+    uid, gid = pick("runAsUser"), pick("runAsGroup")
+    where = f'(pod: "{pod["metadata"]["name"]}", container: {container["name"]})'
+    if pick("runAsNonRoot"):
+        if uid is None and IMAGE_UID == 0:
+            raise PodConfigError(f"container has runAsNonRoot and image will run as root {where}")
+        if uid == 0:
+            raise PodConfigError(f"container's runAsUser breaks non-root policy {where}")
+    groups = [psc["fsGroup"]] if psc.get("fsGroup") is not None else []
+    groups += list(psc.get("supplementalGroups") or [])
+    return Identity(
+        uid=IMAGE_UID if uid is None else int(uid),
+        gid=IMAGE_GID if gid is None else int(gid),
+        groups=tuple(dict.fromkeys(int(g) for g in groups)),
+        read_only_root=bool(csc.get("readOnlyRootFilesystem")),
+        no_new_privs=csc.get("allowPrivilegeEscalation") is False,
+    )
+
+
+def set_volume_ownership(vol: dict[str, Any], path: Path, fs_group: int | None) -> None:
+    """What the kubelet does to a volume before the containers start (never to a hostPath)."""
+    if "hostPath" in vol:
+        return
+    if "emptyDir" in vol:
+        path.chmod(0o777)  # an emptyDir is writable by whoever the container runs as
+    if fs_group is None:
+        return
+    writable = "emptyDir" in vol or "persistentVolumeClaim" in vol
+    for root, dirs, files in os.walk(path):
+        for p in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            os.chown(p, -1, fs_group)
+            add = stat.S_IRGRP | (stat.S_IWGRP if writable else 0)
+            if stat.S_ISDIR(st.st_mode):
+                add |= stat.S_IXGRP | stat.S_ISGID  # new files inherit the group
+            os.chmod(p, stat.S_IMODE(st.st_mode) | add)
 
 
 _FIELD_LABEL = re.compile(r"metadata\.(labels|annotations)\['([^']+)'\]")
@@ -231,6 +302,9 @@ def container_mounts(container: dict[str, Any], volumes: dict[str, Path]) -> lis
             src = src / vm["subPath"]
             if not src.exists():
                 src.mkdir(parents=True)
+                parent = src.parent.stat()  # as writable, and for the same group, as its volume
+                os.chown(src, -1, parent.st_gid)
+                src.chmod(stat.S_IMODE(parent.st_mode))
         mounts.append(Mount(str(src), vm["mountPath"], bool(vm.get("readOnly"))))
     return mounts
 

@@ -37,6 +37,8 @@ class Operator:
     proc: subprocess.Popen | None = None
     health_port: int = 0
     metrics_port: int = 0
+    #: Replaces `--namespace t-*` (e.g. other namespaces, `--leader-elect`).
+    args: tuple[str, ...] = ("--namespace", "t-*")
 
     def start(self) -> None:
         self.health_port, self.metrics_port = free_port(), free_port()
@@ -44,8 +46,7 @@ class Operator:
             str(Path(sys.executable).parent / "vlm-operator"),
             "--standalone",
             # The test namespaces only: a Helm-installed operator may own others meanwhile.
-            "--namespace",
-            "t-*",
+            *self.args,
             "--liveness",
             f"http://127.0.0.1:{self.health_port}/healthz",
             "--metrics-port",
@@ -89,6 +90,7 @@ def operator_env(cluster: LocalCluster, **extra: str) -> dict[str, str]:
         "VLM_CHECKPOINT_STORAGE": CHECKPOINT_STORAGE,
         "VLM_MODEL_STORAGE": MODEL_STORAGE,
         "VLM_RESYNC_SECONDS": "5",
+        "VLM_NETWORK_POLICY": "true",  # as the chart installs it by default
         **extra,
     }
 

@@ -26,7 +26,7 @@ import yaml
 from tests.cluster.launcher import free_port
 from tests.cluster.local import LocalCluster
 from tests.unit.chart import ALL_ON, CHART, find, one, template, values_file
-from tests.unit.test_chart_rbac import OPERATOR, PEERING, PER_JOB_ROLE
+from tests.unit.test_chart_rbac import LEASE, OPERATOR, PER_JOB_ROLE
 
 pytestmark = pytest.mark.integration
 
@@ -34,14 +34,12 @@ CRD_NAMES = [
     "trainingshapes.vlmtrain.dev",
     "trainerjobs.vlmtrain.dev",
     "checkpoints.vlmtrain.dev",
-    "kopfpeerings.kopf.dev",
-    "clusterkopfpeerings.kopf.dev",
 ]
 
 
 @pytest.fixture(scope="module")
 def chart_crds(cluster: LocalCluster) -> LocalCluster:
-    """The chart's CRDs (ours and kopf's peering), applied once and serving."""
+    """The chart's CRDs, applied once and serving."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
     cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in CRD_NAMES]
@@ -113,7 +111,7 @@ def test_rendered_chart_passes_a_server_side_dry_run(
         ]  # unique per run: shapes are cluster-scoped
     docs = template(tmp_path, values, release=f"dry-{namespace}", namespace=namespace)
     if variant == "all-on":
-        assert find(docs, "ServiceMonitor") and find(docs, "KopfPeering")
+        assert find(docs, "ServiceMonitor") and find(docs, "Role")
     docs = [d for d in docs if d["kind"] != "ServiceMonitor"]
     manifest = yaml.safe_dump_all(docs, sort_keys=False)
     out = chart_crds.kubectl(
@@ -279,28 +277,13 @@ def test_install_upgrade_uninstall(
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     shape = get(cluster, "trainingshape", release["shape"])
     assert shape is not None and shape["spec"]["maxContext"] == 2048
-    peering = get(cluster, "kopfpeering", full, "-n", ns)
-    assert peering is not None
-
-    # The peering object works the way kopf uses it: the operator's identity merge-patches its
-    # keep-alive into .status (no status subresource) and it is kept as written.
+    # Two replicas elect a leader: the operator's identity may read, create and renew its Lease
+    # in the release namespace (and only there).
     user = f"system:serviceaccount:{ns}:{full}"
-    keepalive = {
-        "status": {"op@pod-1": {"priority": 0, "lifetime": 60, "lastseen": "2026-01-01T00:00:00Z"}}
-    }
-    cluster.kubectl(
-        "patch",
-        "kopfpeering",
-        full,
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        json.dumps(keepalive),
-        f"--as={user}",
-    )
-    peering = get(cluster, "kopfpeering", full, "-n", ns)
-    assert peering is not None and peering["status"] == keepalive["status"]
+    answers = check_all(cluster, user, LEASE, "-n", ns)
+    assert all(answers.values()), [a for a, ok in answers.items() if not ok]
+    answers = check_all(cluster, user, LEASE, "-n", "kube-node-lease")
+    assert not any(answers.values()), [a for a, ok in answers.items() if ok]
 
     # uninstall: everything but the CRDs goes.
     run_helm(cluster, helm_env, "uninstall", release["name"], "-n", ns, "--wait", "--timeout=60s")
@@ -310,7 +293,7 @@ def test_install_upgrade_uninstall(
             ("deployment", full, "-n", ns),
             ("serviceaccount", full, "-n", ns),
             ("service", f"{full}-metrics", "-n", ns),
-            ("kopfpeering", full, "-n", ns),
+            ("role", f"{full}-leader-election", "-n", ns),
             ("clusterrole", full),
             ("clusterrolebinding", full),
             ("trainingshape", release["shape"]),
@@ -333,8 +316,8 @@ def test_service_account_can_do_exactly_what_the_operator_does(
     # Everything the operator does, cluster-wide (it watches all namespaces by default).
     answers = check_all(cluster, user, OPERATOR, "--all-namespaces")
     assert all(answers.values()), [a for a, ok in answers.items() if not ok]
-    # Peering only with several replicas.
-    answers = check_all(cluster, user, PEERING, "--all-namespaces")
+    # The Lease only with several replicas.
+    answers = check_all(cluster, user, LEASE, "--all-namespaces")
     assert not any(answers.values()), [a for a, ok in answers.items() if ok]
 
     # Nothing else: no Secrets anywhere, no wildcard, no escalation, no writes it does not make.

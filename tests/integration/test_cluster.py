@@ -311,3 +311,117 @@ def test_deleted_pod_is_terminated_then_removed(cluster: LocalCluster, namespace
     assert time.monotonic() - t0 < 10  # SIGTERM ends `sleep` at once; no grace-period wait
     gone = subprocess.run(["pgrep", "-f", "sleep 600"], capture_output=True, text=True)
     assert gone.returncode == 1, f"process still running: {gone.stdout}"
+
+
+# A restricted container reports who it is and what it may write (as JSON, its termination
+# message). Writes go to a volume, to /etc and to /tmp (no volume there: the root filesystem).
+RESTRICTED = textwrap.dedent(
+    """
+    import errno, json, os
+
+    def write(path):
+        try:
+            with open(path, "w") as f:
+                f.write("x")
+            return "ok"
+        except OSError as e:
+            return errno.errorcode[e.errno]
+
+    out = {
+        "ids": [os.getuid(), os.getgid(), sorted(os.getgroups())],
+        "volume": write("/data/probe"),
+        "etc": write("/etc/probe"),
+        "tmp": write("/tmp/probe-restricted"),
+        "volume_gid": os.stat("/data/probe").st_gid,
+        "root_home": sorted(os.listdir("/root")),
+    }
+    open("/dev/termination-log", "w").write(json.dumps(out))
+    """
+)
+
+
+def run_pod(cluster: LocalCluster, ns: str, pod: dict) -> dict:
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pod))
+
+    def finished() -> dict | None:
+        p = get_json(cluster, "pod", pod["metadata"]["name"], "-n", ns)
+        return p if p["status"].get("phase") in ("Succeeded", "Failed") else None
+
+    return wait_for(cluster, f"pod {pod['metadata']['name']}", finished)
+
+
+@pytest.mark.parametrize("user", [None, 1000])
+def test_read_only_root_filesystem_fails_writes_outside_volumes(
+    cluster: LocalCluster, namespace: str, user: int | None
+) -> None:
+    """Root or not, a write outside the pod's volumes fails with EROFS, as on a real node; the
+    container runs as its runAsUser/runAsGroup with fsGroup as a supplementary group, and its
+    volume belongs to that group."""
+    security = {"runAsUser": user, "runAsGroup": 1000, "fsGroup": 2000} if user else {}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"ro-{user or 'root'}"},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": security,
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "containers": [
+                {
+                    "name": "m",
+                    "image": "python",
+                    "command": ["python", "-c", RESTRICTED],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                    "securityContext": {
+                        "readOnlyRootFilesystem": True,
+                        "allowPrivilegeEscalation": False,
+                    },
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                }
+            ],
+        },
+    }
+    p = run_pod(cluster, namespace, pod)
+    term = p["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert p["status"]["phase"] == "Succeeded", term
+    out = json.loads(term["message"])
+    assert out["volume"] == "ok"
+    assert out["etc"] == out["tmp"] == "EROFS"
+    if user:
+        assert out["ids"] == [1000, 1000, [2000]]
+        assert out["volume_gid"] == 2000  # the fsGroup owns what is written there
+    else:
+        assert out["ids"][:2] == [0, 0]
+    # The image folders only (here: the Python and virtualenv the runner stands in with).
+    assert ".ssh" not in out["root_home"] and ".kube" not in out["root_home"]
+
+
+def test_run_as_non_root_without_a_user_is_refused_on_a_root_image(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "nonroot"},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True},
+            "containers": [
+                {"name": "m", "image": "busybox", "command": ["sh", "-c", "touch /tmp/ran"]}
+            ],
+        },
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod))
+
+    def refused() -> dict | None:
+        p = get_json(cluster, "pod", "nonroot", "-n", namespace)
+        statuses = p["status"].get("containerStatuses") or []
+        waiting = statuses[0]["state"].get("waiting", {}) if statuses else {}
+        return waiting if waiting.get("reason") == "CreateContainerConfigError" else None
+
+    waiting = wait_for(cluster, "CreateContainerConfigError", refused)
+    assert "runAsNonRoot and image will run as root" in waiting["message"]
+    time.sleep(3)  # it stays refused: the kubelet retries, the answer does not change
+    p = get_json(cluster, "pod", "nonroot", "-n", namespace)
+    assert p["status"]["phase"] == "Pending"
+    assert "running" not in p["status"]["containerStatuses"][0]["state"]

@@ -1,20 +1,27 @@
-"""The chart's ClusterRole is exactly the operator's API use: no wildcard, no Secret, no
-escalation verb, and everything the operator puts into the per-job Role it creates (RBAC only
-lets a subject grant what it holds itself).
+"""The chart's RBAC is exactly the operator's API use: no wildcard, no Secret, no escalation
+verb, and everything the operator puts into the per-job Role it creates (RBAC only lets a subject
+grant what it holds itself).
 
-The expected rules are the operator's contract, written out here by hand: if the operator starts
-making a new call, this list, templates/clusterrole.yaml and the integration test's `auth can-i`
-checks change together.
+The expected access is derived, not written out: the operator's own calls are the table
+`kube.ACCESS` (every request goes through it, an unlisted call raises), kopf's are the watches
+registered in main.py (list, watch) plus `main.KOPF_ACCESS`, and the per-job Role is what
+`builders.rbac.trainer_rbac` builds. The comparison runs both ways: the chart grants nothing the
+operator does not call, and everything it calls.
 """
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
+import vlm_operator.main as operator_main
+from vlm_operator import kube
+from vlm_operator.builders.rbac import trainer_rbac
 
-from tests.unit.chart import one, template
+from tests.unit.chart import REPO, find, one, template
 
 pytestmark = pytest.mark.unit
 
@@ -25,32 +32,56 @@ def grants(*groups_resources_verbs: tuple[str, list[str], list[str]]) -> Access:
     return {(g, r, v) for g, rs, vs in groups_resources_verbs for r in rs for v in vs}
 
 
-WATCH = ["get", "list", "watch"]
-MANAGE = [*WATCH, "create", "patch", "delete"]
-KINDS = ["trainingshapes", "trainerjobs", "checkpoints"]
+def group_resource(key: str) -> tuple[str, str]:
+    """kube.ACCESS key ('Kind' or 'Kind/sub') -> (apiGroup, resource)."""
+    kind, _, sub = key.partition("/")
+    prefix, plural, _ = kube.KINDS[kind]
+    group = "" if prefix.startswith("/api/") else prefix.split("/")[2]
+    return group, f"{plural}/{sub}" if sub else plural
 
-#: The operator's API use (the lead's contract for issue 7).
-OPERATOR: Access = grants(
-    ("vlmtrain.dev", KINDS, [*WATCH, "patch"]),
-    ("vlmtrain.dev", [f"{k}/status" for k in KINDS], ["get", "patch"]),
-    ("vlmtrain.dev", ["checkpoints"], ["create"]),
-    ("batch", ["jobs"], MANAGE),
-    ("", ["configmaps", "services", "serviceaccounts"], MANAGE),
-    ("", ["pods"], WATCH),
-    ("", ["events"], ["create", "patch"]),
-    ("events.k8s.io", ["events"], ["create", "patch"]),
-    ("rbac.authorization.k8s.io", ["roles", "rolebindings"], MANAGE),
-    ("apiextensions.k8s.io", ["customresourcedefinitions"], WATCH),
-    ("", ["namespaces"], WATCH),
-)
-PEERING: Access = grants(("kopf.dev", ["kopfpeerings", "clusterkopfpeerings"], [*WATCH, "patch"]))
 
+def kube_access(*, lease: bool) -> Access:
+    return {
+        (*group_resource(key), verb)
+        for key, verbs in kube.ACCESS.items()
+        if (key == "Lease") == lease
+        for verb in verbs
+    }
+
+
+def kopf_access() -> Access:
+    watched = {
+        (h.selector.group or "", h.selector.any_name)
+        for h in kopf.get_default_registry()._watching.get_all_handlers()
+    }
+    assert len(watched) == 5, watched  # our three kinds, Jobs, pods: main.py's decorators
+    return {(g, r, v) for g, r in watched for v in ("list", "watch")} | set(
+        operator_main.KOPF_ACCESS
+    )
+
+
+def role_access(role: dict[str, Any]) -> Access:
+    return {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+
+
+_JOB = {
+    "apiVersion": "vlmtrain.dev/v1alpha1",
+    "kind": "TrainerJob",
+    "metadata": {"name": "j", "namespace": "ns", "uid": "u"},
+    "spec": {"shape": "s"},
+}
 #: What the operator grants each job's trainer in the Role it creates (resourceNames aside).
-PER_JOB_ROLE: Access = grants(
-    ("vlmtrain.dev", ["trainerjobs"], ["get"]),
-    ("vlmtrain.dev", ["trainerjobs/status"], ["get", "patch"]),
-    ("vlmtrain.dev", ["checkpoints"], ["create", "get", "patch"]),
-)
+PER_JOB_ROLE: Access = role_access(next(o for o in trainer_rbac(_JOB) if o["kind"] == "Role"))
+NETWORK_POLICY: Access = grants(("networking.k8s.io", ["networkpolicies"], ["create", "patch"]))
+#: The operator's whole cluster-wide API use, derived as the module doc says.
+OPERATOR: Access = kube_access(lease=False) | kopf_access() | PER_JOB_ROLE
+LEASE: Access = kube_access(lease=True)
 
 
 def access(rules: list[dict[str, Any]]) -> Access:
@@ -72,11 +103,58 @@ def peered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 
 
 def test_cluster_role_is_exactly_the_operator_contract(single: list[dict[str, Any]]) -> None:
-    assert access(one(single, "ClusterRole")["rules"]) == OPERATOR
+    granted = access(one(single, "ClusterRole")["rules"])
+    assert not granted - OPERATOR, f"granted but never called: {sorted(granted - OPERATOR)}"
+    assert not OPERATOR - granted, f"called but not granted: {sorted(OPERATOR - granted)}"
 
 
-def test_peering_adds_only_the_kopf_peering_objects(peered: list[dict[str, Any]]) -> None:
-    assert access(one(peered, "ClusterRole")["rules"]) == OPERATOR | PEERING
+def test_without_network_policies_the_cluster_role_drops_them(tmp_path: Path) -> None:
+    docs = template(tmp_path, {"networkPolicy": {"enabled": False}})
+    assert access(one(docs, "ClusterRole")["rules"]) == OPERATOR - NETWORK_POLICY
+
+
+def test_replicas_get_only_their_lease_in_the_release_namespace(
+    single: list[dict[str, Any]], peered: list[dict[str, Any]]
+) -> None:
+    assert not find(single, "Role")
+    assert access(one(peered, "ClusterRole")["rules"]) == OPERATOR
+    role, binding = one(peered, "Role"), one(peered, "RoleBinding")
+    assert role["metadata"]["namespace"] == "vlm-system"
+    assert access(role["rules"]) == LEASE
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == one(peered, "ServiceAccount")["metadata"]["name"]
+
+
+#: kube.<function> -> the verb it sends (the first argument is the kind, where it is a literal).
+_CALL_VERBS = {"get": "get", "list_objects": "list", "json_patch": "patch", "delete": "delete"}
+
+
+def test_every_literal_call_site_is_in_the_access_table() -> None:
+    """A cheap static check before any cluster: kube.get("Kind", ...) and friends in the
+    operator's code name a (kind, verb) that kube.ACCESS has (apply/create take the kind from
+    the object: their builders' kinds are covered by the integration tests through `_check`)."""
+    found = 0
+    for path in (REPO / "operator" / "vlm_operator").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "kube"
+                and node.func.attr in _CALL_VERBS
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                continue
+            kind, verb = node.args[0].value, _CALL_VERBS[node.func.attr]
+            assert verb in kube.ACCESS.get(kind, ()), f"{path.name}: kube.{node.func.attr}({kind})"
+            found += 1
+    assert found >= 10  # the scan really sees the reconcilers' calls
+
+
+def test_an_unlisted_call_is_refused_before_it_is_sent() -> None:
+    with pytest.raises(PermissionError, match="delete Pod"):
+        kube.delete("Pod", "ns", "p")
 
 
 @pytest.mark.parametrize("which", ["single", "peered"])

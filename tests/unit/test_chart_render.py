@@ -91,28 +91,53 @@ def test_all_on_renders_every_optional_object(all_on: list[dict[str, Any]]) -> N
     assert tiny["metadata"]["labels"]["tier"] == "demo"
     assert "namespace" not in tiny["metadata"]  # cluster-scoped
 
-    # Two replicas watching two namespaces: a KopfPeering in each, no cluster peering.
-    peerings = find(all_on, "KopfPeering")
-    assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
-    assert {p["metadata"]["name"] for p in peerings} == {"vlm-peering"}
-    assert not find(all_on, "ClusterKopfPeering")
+    # Two replicas: a Role for their Lease in the release namespace, no kopf peering object.
+    assert one(all_on, "Role")["metadata"]["name"] == "vlm-vlm-trainer-operator-leader-election"
+    assert not find(all_on, "KopfPeering") and not find(all_on, "ClusterKopfPeering")
 
 
-def test_peering_across_all_namespaces_uses_one_cluster_peering(tmp_path: Path) -> None:
+def test_replicas_elect_a_leader_on_a_lease(tmp_path: Path) -> None:
     docs = template(tmp_path, {"replicaCount": 3})
-    peering = one(docs, "ClusterKopfPeering")
-    assert peering["apiVersion"] == "kopf.dev/v1"
-    assert peering["metadata"]["name"] == "vlm-vlm-trainer-operator"
-    assert "--peering=vlm-vlm-trainer-operator" in container(docs)["args"]
+    args = container(docs)["args"]
+    assert "--leader-elect" in args and "--standalone" in args
+    assert "--lease-name=vlm-vlm-trainer-operator" in args
+    assert "--lease-seconds=15" in args
     assert one(docs, "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
+    role = one(docs, "Role")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "update"],
+        }
+    ]
+
+
+def test_network_policy_flag_reaches_the_operator(tmp_path: Path) -> None:
+    on = env_of(container(template(tmp_path)))
+    assert on["VLM_NETWORK_POLICY"] == "true"  # on by default
+    off = env_of(container(template(tmp_path, {"networkPolicy": {"enabled": False}})))
+    assert off["VLM_NETWORK_POLICY"] == "false"
+
+
+def test_network_policy_flag_is_a_boolean(tmp_path: Path) -> None:
+    bad = helm(
+        "template",
+        "vlm",
+        str(CHART),
+        "--set",
+        "networkPolicy.enabled=maybe",
+        check=False,
+    )
+    assert bad.returncode != 0 and "networkPolicy" in bad.stderr
 
 
 def test_namespaced_objects_name_the_release_namespace(all_on: list[dict[str, Any]]) -> None:
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "TrainingShape", "ClusterKopfPeering"}
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "TrainingShape"}
     for doc in all_on:
         if doc["kind"] in cluster_scoped:
             assert "namespace" not in doc["metadata"], doc["kind"]
-        elif doc["kind"] != "KopfPeering":
+        else:
             assert doc["metadata"]["namespace"] == "vlm-system", doc["kind"]
 
 
@@ -142,6 +167,7 @@ def test_defaults_follow_the_operator_contract(defaults: list[dict[str, Any]]) -
         "VLM_CHECKPOINT_STORAGE": "pvc://vlm-checkpoints",
         "VLM_MODEL_STORAGE": "pvc://vlm-models/models",
         "VLM_LOG_FORMAT": "json",
+        "VLM_NETWORK_POLICY": "true",
         "VLM_OPERATOR_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
     }
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8080, "metrics": 9090}
@@ -159,7 +185,10 @@ def test_all_on_values_reach_the_container(all_on: list[dict[str, Any]]) -> None
     assert c["args"] == [
         "--namespace=team-a",
         "--namespace=team-b",
-        "--peering=vlm-peering",
+        "--standalone",
+        "--leader-elect",
+        "--lease-name=vlm-leader",
+        "--lease-seconds=20",
         "--liveness=http://0.0.0.0:18080/healthz",
         "--metrics-port=19090",
         "--verbose",
@@ -377,27 +406,3 @@ def test_notes_tell_the_user_what_to_do_next() -> None:
     assert "kubectl get trainerjobs" in notes and "--for=condition=Succeeded" in notes
     assert "kubectl get checkpoints" in notes and "outputModel" in notes
     assert "keeps the CRDs" in notes
-
-
-def test_chart_crds_include_kopf_peering_as_kopf_expects() -> None:
-    references = pytest.importorskip("kopf._cogs.structs.references")
-    crds = {p.name: yaml.safe_load(p.read_text()) for p in (CHART / "crds").glob("kopf.dev_*.yaml")}
-    expected = {
-        references.CLUSTER_PEERINGS_K: ("Cluster", "ClusterKopfPeering"),
-        references.NAMESPACED_PEERINGS_K: ("Namespaced", "KopfPeering"),
-    }
-    assert len(crds) == 2
-    for selector, (scope, kind) in expected.items():
-        plural = selector.any_name
-        crd = crds[f"kopf.dev_{plural}.yaml"]
-        group, version = selector.group, selector.version
-        assert crd["metadata"]["name"] == f"{plural}.{group}"
-        assert crd["spec"]["group"] == group
-        assert crd["spec"]["scope"] == scope
-        assert crd["spec"]["names"]["kind"] == kind
-        (v,) = crd["spec"]["versions"]
-        assert v["name"] == version and v["served"] and v["storage"]
-        # kopf merge-patches .status on the object itself: no status subresource.
-        assert "subresources" not in v
-        status = v["schema"]["openAPIV3Schema"]["properties"]["status"]
-        assert status["x-kubernetes-preserve-unknown-fields"] is True

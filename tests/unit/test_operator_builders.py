@@ -286,3 +286,52 @@ def test_checkpoint_jobs_mount_only_what_they_need() -> None:
     }
     assert writable == {"pvc-ckpts": False, "pvc-models": True}
     assert len(task_job_name("x" * 60, "promote")) <= 63
+
+
+def test_network_policy_lets_only_the_jobs_own_pods_reach_the_rendezvous_port() -> None:
+    _, without = admission(tj(), shape(), Settings())
+    assert "NetworkPolicy" not in {o["kind"] for o in without}
+    _, children = admission(tj(), shape(), Settings(network_policy=True))
+    assert children[-1]["kind"] == "Job"  # created last, after everything it needs
+    policy = by_kind(children)["NetworkPolicy"]
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == tj()["metadata"]["uid"]
+    pod_labels = by_kind(children)["Job"]["spec"]["template"]["metadata"]["labels"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()  # it selects the job's trainer pods
+    assert selector["vlmtrain.dev/trainer-job"] == "run1"
+    assert selector["vlmtrain.dev/task"] == "train"
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": selector}}]  # same job, same namespace
+    assert rule["ports"] == [{"protocol": "TCP", "port": 29500}]
+    # ... which is the port torchrun rendezvouses on (4 GPUs: torchrun with MASTER_PORT).
+    container = by_kind(children)["Job"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "MASTER_PORT", "value": "29500"} in container["env"]
+
+
+CACHES = ["HOME", "HF_HOME", "XDG_CACHE_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"]
+
+
+@pytest.mark.parametrize("task", ["train", "verify", "promote"])
+def test_every_cache_is_on_a_writable_volume_of_a_read_only_pod(task: str) -> None:
+    """The root filesystem is read-only, so HOME, the hub's download folder (a hub-id base
+    model, as SHAPE's, is fetched there) and every cache must lie on a writable emptyDir."""
+    if task == "train":
+        job = trainer_workload(tj(), shape(), "pvc://ckpts", "img")[-1]
+    else:
+        job = (verify_job if task == "verify" else promote_job)(
+            CKPT, *(("my-model", "pvc://models/published") if task == "promote" else ()), "img"
+        )
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    writable = [
+        m["mountPath"]
+        for m in c["volumeMounts"]
+        if m["name"] in empty_dirs and not m.get("readOnly")
+    ]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    for name in CACHES:
+        assert any(env[name] == w or env[name].startswith(w + "/") for w in writable), name

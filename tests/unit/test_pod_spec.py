@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +160,57 @@ def test_hosts_file_names_indexed_job_siblings() -> None:
     names = hosts.split("\n")[0].split()
     assert "train-0.train" in names and "train-1.train.ns1.svc.cluster.local" in names
     assert names[0] == "127.0.0.1"
+
+
+def _pod(pod_sc: dict[str, Any], container_sc: dict[str, Any]) -> tuple[dict, dict]:
+    c = {"name": "m", "securityContext": container_sc}
+    return {"metadata": {"name": "p"}, "spec": {"securityContext": pod_sc, "containers": [c]}}, c
+
+
+def test_identity_container_wins_and_groups_include_fs_group() -> None:
+    pod, c = _pod(
+        {"runAsUser": 1, "runAsGroup": 2, "fsGroup": 3, "supplementalGroups": [4, 3]},
+        {"runAsUser": 5, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False},
+    )
+    ident = pod_spec.container_identity(pod, c)
+    assert (ident.uid, ident.gid, ident.groups) == (5, 2, (3, 4))
+    assert ident.read_only_root and ident.no_new_privs
+    plain = pod_spec.container_identity(*_pod({}, {}))
+    assert (plain.uid, plain.gid, plain.groups, plain.read_only_root) == (0, 0, (), False)
+
+
+@pytest.mark.parametrize(
+    "pod_sc, container_sc, message",
+    [
+        ({"runAsNonRoot": True}, {}, "image will run as root"),
+        ({}, {"runAsNonRoot": True, "runAsUser": 0}, "breaks non-root policy"),
+    ],
+)
+def test_run_as_non_root_refuses_root(pod_sc: dict, container_sc: dict, message: str) -> None:
+    with pytest.raises(pod_spec.PodConfigError, match=message):
+        pod_spec.container_identity(*_pod(pod_sc, container_sc))
+
+
+def test_volume_ownership_as_the_kubelet_sets_it(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "f").write_text("x")
+    empty.chmod(0o755)
+    pod_spec.set_volume_ownership({"emptyDir": {}}, empty, 4242)
+    assert stat.S_IMODE(empty.stat().st_mode) & 0o777 == 0o777
+    for p in (empty, empty / "sub", empty / "sub" / "f"):
+        assert p.stat().st_gid == 4242
+        assert p.stat().st_mode & stat.S_IWGRP
+    assert (empty / "sub").stat().st_mode & stat.S_ISGID
+    host = tmp_path / "host"
+    host.mkdir()
+    before = host.stat()
+    pod_spec.set_volume_ownership({"hostPath": {"path": str(host)}}, host, 4242)
+    assert (host.stat().st_gid, host.stat().st_mode) == (before.st_gid, before.st_mode)
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "k").write_text("v")
+    pod_spec.set_volume_ownership({"configMap": {"name": "c"}}, cfg, 4242)
+    assert (cfg / "k").stat().st_gid == 4242
+    assert not (cfg / "k").stat().st_mode & stat.S_IWGRP  # read-only volume types stay so
+    assert os.access(cfg / "k", os.R_OK)

@@ -54,14 +54,14 @@ app.kubernetes.io/part-of: vlm-trainer-operator
 {{- end }}
 {{- end }}
 
-{{/* Whether kopf peering is on (several replicas): "true" or "". */}}
-{{- define "vlm.peering" -}}
+{{/* Whether leader election is on (several replicas): "true" or "". */}}
+{{- define "vlm.leaderElection" -}}
 {{- if gt (int .Values.replicaCount) 1 }}true{{ end }}
 {{- end }}
 
-{{/* The kopf peering object's name. */}}
-{{- define "vlm.peeringName" -}}
-{{- default (include "vlm.fullname" .) .Values.peering.name }}
+{{/* The leader-election Lease's name (in the release namespace). */}}
+{{- define "vlm.leaseName" -}}
+{{- default (include "vlm.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
 
 {{/*

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from vlm_operator.builders.job import NON_ROOT_UID
+from vlm_operator.builders.job import NON_ROOT_UID, cache_env
 from vlm_operator.builders.labels import CHECKPOINT_LABEL, child_meta, job_labels
 from vlm_operator.builders.storage import StorageMounts, join_uri
 
@@ -76,7 +76,7 @@ def _task_job(
                             "name": CONTAINER,
                             "image": image,
                             "command": argv,
-                            "env": [{"name": "HOME", "value": "/tmp"}],
+                            "env": cache_env(),
                             "volumeMounts": [
                                 {"name": "tmp", "mountPath": "/tmp"},
                                 *mounts.mounts(),

@@ -38,6 +38,23 @@ MASTER_PORT = 29500
 EXIT_DATA_INVALID = 65  # EX_DATAERR
 EXIT_CONFIG_INVALID = 78  # EX_CONFIG
 NON_ROOT_UID = 65532
+#: The root filesystem of every trainer, verify and promote pod is read-only: HOME and every
+#: cache a library may write (the Hugging Face hub's downloads of a hub-id base model
+#: included) live on the pod's `/tmp` emptyDir.
+CACHE_ENV: dict[str, str] = {
+    "HOME": "/tmp",
+    "HF_HOME": "/tmp/huggingface",
+    "XDG_CACHE_HOME": "/tmp/.cache",
+    "TRITON_CACHE_DIR": "/tmp/.cache/triton",
+    "TORCHINDUCTOR_CACHE_DIR": "/tmp/.cache/torchinductor",
+    "MPLCONFIGDIR": "/tmp/.cache/matplotlib",
+}
+
+
+def cache_env() -> list[dict[str, Any]]:
+    return [{"name": k, "value": v} for k, v in CACHE_ENV.items()]
+
+
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
@@ -73,7 +90,7 @@ def trainer_env(
         {"name": "VLM_TRAINERJOB_UID", "value": tj_body["metadata"]["uid"]},
         {"name": "VLM_CHECKPOINT_URI", "value": join_uri(ckpt_uri, "checkpoints")},
         {"name": "VLM_BASE_MODEL", "value": sh.base_model},
-        {"name": "HOME", "value": "/tmp"},
+        *cache_env(),
     ]
     procs = max(1, sh.gpus_per_node)
     if sh.nodes > 1 or procs > 1:

@@ -125,7 +125,7 @@ def reconcile_checkpoint(namespace: str, name: str, settings: Settings) -> None:
             status = _failed(ck, C.VERIFIED if ck.get("status") is None else C.PROMOTED, e)
         old = ck.get("status") or {}
         if status and any(old.get(k) != v for k, v in status.items()):
-            kube.merge_patch("Checkpoint", namespace, name, {"status": status}, status=True)
+            kube.patch_status(ck, status)
             if status.get("phase") != old.get("phase"):
                 log.info(
                     "Checkpoint %s: phase %s -> %s", key, old.get("phase"), status.get("phase")

@@ -36,6 +36,7 @@ from vlm_operator.api.job import shape_violations
 from vlm_operator.builders.config import CONFIG_KEY, validate_for_trainer
 from vlm_operator.builders.job import trainer_workload
 from vlm_operator.builders.labels import JOB_LABEL, TASK_LABEL, owner_ref, without_status
+from vlm_operator.builders.network import network_policy
 from vlm_operator.builders.rbac import trainer_rbac
 from vlm_operator.reconcile.job_status import derive_status
 from vlm_operator.reconcile.serial import serial
@@ -86,7 +87,8 @@ def admission(
     cfg = yaml.safe_load(workload[0]["data"][CONFIG_KEY])
     if error := validate_for_trainer(str(job.spec.mode), cfg):
         return _not_admitted(tj, Reason.INVALID_SPEC, f"trainer config: {error}", True), []
-    children = trainer_rbac(tj) + workload
+    policy = [network_policy(tj)] if settings.network_policy else []
+    children = trainer_rbac(tj) + policy + workload
     return None, children
 
 
@@ -96,7 +98,7 @@ def _patch_status(tj: dict[str, Any], status: dict[str, Any]) -> bool:
     if all(old.get(k) == v for k, v in status.items()):
         return False
     meta = tj["metadata"]
-    kube.merge_patch("TrainerJob", meta["namespace"], meta["name"], {"status": status}, status=True)
+    kube.patch_status(tj, status)
     if status.get("phase") and status["phase"] != old.get("phase"):
         failed = status["phase"] == JobPhase.FAILED
         cond = next(

@@ -54,7 +54,7 @@ def reconcile_shape(body: dict[str, Any]) -> list[tuple[str, str]]:
     old = body.get("status") or {}
     if all(old.get(k) == v for k, v in status.items()):
         return []  # nothing new for waiting jobs: they only wait for a change of the shape
-    kube.merge_patch("TrainingShape", None, name, {"status": status}, status=True)
+    kube.patch_status(body, status)
     log.info("TrainingShape %s: version %s", name, status.get("version"))
     metrics.RECONCILES.labels(kind="TrainingShape", result="updated").inc()
     waiting = []
