@@ -275,7 +275,21 @@ class Hyperparameters(ApiModel):
         "default when unset. Only with loraRank > 0.",
     )
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA adapters' input.")
-    weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW weight decay.")
+    weight_decay: float = Field(
+        0.0, ge=0, le=10, description="AdamW weight decay (not on biases and norm scales)."
+    )
+    adam_beta1: float = Field(
+        0.9, ge=0, lt=1, description="AdamW's beta1: decay of the running mean of gradients."
+    )
+    adam_beta2: float = Field(
+        0.999,
+        ge=0,
+        lt=1,
+        description="AdamW's beta2: decay of the running mean of squared gradients.",
+    )
+    adam_eps: float = Field(
+        1e-8, gt=0, le=1, description="AdamW's epsilon, added to the denominator for stability."
+    )
     grad_clip_norm: float = Field(
         1.0, ge=0, description="Clip the global gradient norm to this; 0 disables clipping."
     )
