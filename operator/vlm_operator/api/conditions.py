@@ -77,6 +77,7 @@ class Reason(StrEnum):
     SHAPE_NOT_READY = "ShapeNotReady"
     SHAPE_RESOLVED = "ShapeResolved"
     QUEUED = "Queued"
+    INIT_FROM_NOT_READY = "InitFromNotReady"
     # TrainerJob Running
     JOB_CREATED = "JobCreated"
     PODS_PENDING = "PodsPending"
@@ -100,6 +101,8 @@ class Reason(StrEnum):
     PROMOTION_SUCCEEDED = "PromotionSucceeded"
     PROMOTION_FAILED = "PromotionFailed"
     NOT_REQUESTED = "NotRequested"
+    # TrainerJob Event when spec.promote.select is best
+    CHECKPOINT_SELECTED = "CheckpointSelected"
 
 
 #: One line per reason: what happened and what the user can do (the README's troubleshooting
@@ -115,6 +118,8 @@ REASON_HELP: dict[Reason, str] = {
     Reason.SHAPE_NOT_READY: "The TrainingShape exists but is not Ready; see its conditions.",
     Reason.SHAPE_RESOLVED: "The shape was found and its version pinned in status.shapeVersion.",
     Reason.QUEUED: "Waiting for Kueue to admit the job (spec.queueName).",
+    Reason.INIT_FROM_NOT_READY: "spec.initFrom names a Checkpoint or promoted model that does "
+    "not exist or is not verified yet; the job is admitted by itself once it is.",
     Reason.JOB_CREATED: "The batch/v1 Job exists; pods are being created.",
     Reason.PODS_PENDING: "Pods are not scheduled yet, usually for lack of free GPUs; see "
     "kubectl describe pod.",
@@ -138,6 +143,8 @@ REASON_HELP: dict[Reason, str] = {
     Reason.PROMOTION_SUCCEEDED: "The output model was written; see status.promotion.",
     Reason.PROMOTION_FAILED: "The promotion Job failed; the message says why.",
     Reason.NOT_REQUESTED: "No promotion was requested (spec.promote is not set).",
+    Reason.CHECKPOINT_SELECTED: "spec.promote.select best chose the checkpoint to promote; "
+    "status.selectedCheckpoint says which and why.",
 }
 
 

@@ -9,7 +9,8 @@ A recipe subclasses ``Recipe`` and provides the mode-specific parts:
 - ``next_batches(samples)``: the micro-batches of one optimizer step (empty at epoch end);
 - ``train_step(micro, t0)``: forward/backward of those micro-batches, then
   ``self.optimizer_step()``; returns the step's metrics;
-- ``evaluate()`` (optional): eval metrics, reported and stored in the final manifest.
+- ``evaluate()`` (optional): eval metrics, computed at every snapshot and at the end,
+  reported and stored in the snapshot's manifest (``eval`` section, see ``selection.py``).
 
 The base class guarantees exact resume: weights (full model, or the LoRA adapter on top of the
 rebuilt base), optimizer, scheduler, every RNG and the data position ``(epoch, cursor)`` are
@@ -46,6 +47,7 @@ from ..model import (
     quiet_transformers,
 )
 from ..report import MultiReporter, build_reporter
+from ..selection import Direction, eval_section
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
@@ -65,6 +67,8 @@ class Recipe:
     exists (a restarted pod of a finished job): there is nothing left to do."""
 
     mode = "base"
+    #: The eval metric ``kubectl get ckpt`` shows, and whether lower or higher is better.
+    headline_metric: tuple[str, Direction] = ("eval_loss", "min")
 
     def __init__(self, cfg: TrainConfig, reporter: MultiReporter | None = None):
         self.cfg = cfg
@@ -325,7 +329,9 @@ class Recipe:
                 self.last_metrics = metrics
                 every = cfg.save_every_steps
                 if every and self.step % every == 0 and self.step < self.total_steps:
-                    self.save_checkpoint(ckpt.step_name(self.step))
+                    # Every snapshot is evaluated (when there is an eval set), so snapshots
+                    # can be compared and the best one promoted (selection.py).
+                    self.save_checkpoint(ckpt.step_name(self.step), metrics=self.evaluate())
             else:
                 break  # reached total_steps inside the epoch
             self.epoch, self.cursor = self.epoch + 1, 0
@@ -414,6 +420,8 @@ class Recipe:
             "base_model": cfg.base_model,
             "metrics": {k: v for k, v in numbers.items() if isinstance(v, int | float)},
         }
+        if ev := eval_section(metrics or {}, self.step, *self.headline_metric):
+            manifest["eval"] = ev
         if not self.dist.is_main:  # this rank's part of the write; rank 0 does the rest
             dist_checkpoint.write_state(None, *state)
             self.dist.barrier()
