@@ -186,12 +186,13 @@ def clean_temp(root: Path) -> list[Path]:
     return stale
 
 
-def prune(root: Path, keep_last: int) -> list[Path]:
-    """Delete all but the ``keep_last`` newest ``step-*`` checkpoints (0 keeps all)."""
+def prune(root: Path, keep_last: int, keep: set[str] = frozenset()) -> list[Path]:
+    """Delete all but the ``keep_last`` newest ``step-*`` checkpoints (0 keeps all) and the
+    ones named in ``keep``."""
     steps = list_steps(root)
     if keep_last <= 0 or len(steps) <= keep_last:
         return []
-    doomed = [p for _, p in steps[:-keep_last]]
+    doomed = [p for _, p in steps[:-keep_last] if p.name not in keep]
     for p in doomed:
         # Rename first so a crash mid-delete never leaves a half-deleted step-* folder.
         trash = root / f".tmp-deleting-{p.name}"

@@ -497,8 +497,8 @@ class TrainerJobSpec(ApiModel):
     )
     promote: JobPromote | None = Field(
         None,
-        description="Promote the final (or the best) checkpoint to a named model when the job succeeds. May "
-        "be added after the job finished; cannot be changed or removed once set.",
+        description="Promote the final (or the best) checkpoint to a named model when the job "
+        "succeeds. May be added after the job finished; cannot be changed or removed once set.",
     )
     suspend: bool = Field(
         False,

@@ -27,6 +27,7 @@ from vlm_operator.builders.checkpoint import (
     promote_job,
     verify_job,
 )
+from vlm_operator.reconcile import best
 from vlm_operator.reconcile.job_status import job_condition, last_failure
 from vlm_operator.reconcile.serial import serial
 from vlm_operator.settings import Settings
@@ -37,11 +38,17 @@ log = logging.getLogger("vlm_operator.checkpoint")
 def wanted_output_model(ck: dict[str, Any], tj: dict[str, Any] | None) -> str | None:
     if (ck["spec"].get("promote") or {}).get("outputModel"):
         return ck["spec"]["promote"]["outputModel"]
-    if ck["spec"].get("final") and tj is not None:
-        succeeded = (tj.get("status") or {}).get("phase") == JobPhase.SUCCEEDED
-        if succeeded and (tj["spec"].get("promote") or {}).get("outputModel"):
-            return tj["spec"]["promote"]["outputModel"]
-    return None
+    if tj is None or not (tj["spec"].get("promote") or {}).get("outputModel"):
+        return None
+    status = tj.get("status") or {}
+    if status.get("phase") != JobPhase.SUCCEEDED:
+        return None
+    if tj["spec"]["promote"].get("select") == "best":  # the one the TrainerJob chose
+        chosen = (status.get("selectedCheckpoint") or {}).get("checkpoint")
+        wanted = chosen == ck["metadata"]["name"] and best.owned_by(ck, tj)
+    else:
+        wanted = bool(ck["spec"].get("final"))
+    return tj["spec"]["promote"]["outputModel"] if wanted else None
 
 
 def _run_task(ck: dict[str, Any], task_job: dict[str, Any]) -> tuple[str | None, int | None, str]:
@@ -128,7 +135,7 @@ def _next_status(ck: dict[str, Any], settings: Settings) -> dict[str, Any] | Non
             Reason.MANIFEST_VERIFIED,
             f"{info.get('files', '?')} files match the manifest",
         )
-        out |= {"verified": True, "sizeBytes": info.get("sizeBytes")}
+        out |= {"verified": True, "sizeBytes": info.get("sizeBytes"), **best.eval_status(info)}
         phase = P.AVAILABLE
         out["phase"] = phase
     if phase not in (P.AVAILABLE, P.PROMOTING):

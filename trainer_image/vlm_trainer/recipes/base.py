@@ -42,12 +42,13 @@ from ..model import (
     freeze_vision,
     load_model,
     load_processor,
+    merge_adapter,
     pick_device,
     pick_dtype,
     quiet_transformers,
 )
 from ..report import MultiReporter, build_reporter
-from ..selection import Direction, eval_section
+from ..selection import Direction, best_snapshot, eval_section
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
@@ -192,6 +193,8 @@ class Recipe:
         full_resume = self.resumed_from is not None and cfg.lora_rank == 0
         source = self.resumed_from if full_resume else cfg.base_model
         model = load_model(source, self.dtype, self.device)
+        if cfg.init_adapter and not full_resume:
+            model = merge_adapter(model, cfg.init_adapter)
         model.config.use_cache = False
         if cfg.lora_rank:
             model = apply_lora(model, cfg)
@@ -418,6 +421,7 @@ class Recipe:
             "type": "lora" if cfg.lora_rank else "full",
             "lora_rank": cfg.lora_rank,
             "base_model": cfg.base_model,
+            **({"init_adapter": cfg.init_adapter} if cfg.init_adapter else {}),
             "metrics": {k: v for k, v in numbers.items() if isinstance(v, int | float)},
         }
         if ev := eval_section(metrics or {}, self.step, *self.headline_metric):
@@ -428,7 +432,11 @@ class Recipe:
             return self.root / name
         path, manifest = ckpt.write_checkpoint(self.root, name, write, manifest, self.step)
         self.reporter.on_checkpoint(path, self.step, manifest)
-        ckpt.prune(self.root, cfg.keep_last)
+        keep = set()
+        if cfg.keep_best_metric:  # the snapshot promote.select: best will want
+            best = best_snapshot(self.root, cfg.keep_best_metric, cfg.keep_best_mode)
+            keep = {best} if best else set()
+        ckpt.prune(self.root, cfg.keep_last, keep)
         self.dist.barrier()  # no rank moves on (or exits) before the checkpoint is whole
         return path
 
