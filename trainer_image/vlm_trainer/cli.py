@@ -109,6 +109,7 @@ def cmd_validate(args) -> int:
         max_pixels = cfg.max_image_pixels
         args.max_seq_len = args.max_seq_len or cfg.max_seq_len
         args.train_on, args.on_truncation = cfg.train_on, cfg.on_truncation
+        args.reward = args.reward or getattr(cfg, "reward", None)
     if not files:
         raise ConfigError("validate-data: give a FILE or --config")
     if args.model:
@@ -125,9 +126,19 @@ def cmd_validate(args) -> int:
         )
     from .config import local_path
 
+    reward = None
+    if args.mode == "rl":  # the reward's required fields (default: the RL config's default)
+        from .rewards import RewardError, load_reward
+
+        try:
+            reward = load_reward(args.reward or RLConfig.model_fields["reward"].default)
+        except RewardError as e:
+            raise ConfigError(f"--reward: {e}") from e
     bad = False
     for f in files:
-        summary = validate_file(local_path(f), args.mode, renderer, max_pixels, args.max_issues)
+        summary = validate_file(
+            local_path(f), args.mode, renderer, max_pixels, args.max_issues, reward
+        )
         for issue in summary.issues:
             print(issue)
         if summary.bad_records > len(summary.issues):
@@ -257,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--on-truncation", choices=["skip", "error"], default="skip")
     v.add_argument("--max-issues", type=int, default=1000, help="stop listing after N issues")
+    v.add_argument(
+        "--reward",
+        help="rl: the reward (built-in or module:function) whose required fields every record "
+        "must carry; default: the config's, else exact_match",
+    )
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="key=value")
     v.set_defaults(func=cmd_validate)
 

@@ -110,7 +110,9 @@ class Recipe:
         for path in (self.data_path, getattr(self, "eval_path", None)):
             if path is None:
                 continue
-            summary = validate_file(path, self.mode, self.renderer)
+            # RL: every prompt must carry what the reward compares against (rewards.requires).
+            reward = getattr(self, "reward_fn", None)
+            summary = validate_file(path, self.mode, self.renderer, reward=reward)
             summary.raise_if_invalid()
             if trainable is None:
                 trainable = summary.trainable
