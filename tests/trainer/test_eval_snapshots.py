@@ -38,9 +38,7 @@ def overfit_data(demo_data, out):
     return out / "train.jsonl", out / "eval.jsonl"
 
 
-def test_every_snapshot_is_evaluated_and_the_best_survives_pruning(
-    tmp_path, tiny_model, demo_data
-):
+def test_every_snapshot_is_evaluated_and_the_best_survives_pruning(tmp_path, tiny_model, demo_data):
     train, eval_ = overfit_data(demo_data, tmp_path)
     log = tmp_path / "run"
     cfg = write_config(tmp_path / "cfg.yaml", base_model=tiny_model, dataset=train,
