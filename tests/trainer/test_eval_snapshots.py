@@ -46,7 +46,7 @@ def test_every_snapshot_is_evaluated_and_the_best_survives_pruning(tmp_path, tin
                        max_steps=30, epochs=100, learning_rate=0.01, lr_schedule="constant",
                        save_every_steps=5, keep_last=1, keep_best_metric="eval_loss",
                        num_threads=2)  # fmt: skip
-    out = run_cli("sft", "--config", str(cfg))
+    out = run_cli("sft", "--config", str(cfg), timeout=900)  # 30 steps, 6 evaluations
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
     evals = [m for m in read_jsonl(log / "metrics.jsonl") if m["event"] == "eval"]

@@ -11,6 +11,7 @@ Subcommands::
     vlm-trainer promote --checkpoint DIR --output DIR     standalone HF model (operator Job)
     vlm-trainer dpo --config cfg.yaml [key=value ...]     train (or resume) with the DPO recipe
     vlm-trainer rl --config cfg.yaml [key=value ...]      train (or resume) with the RL recipe
+    vlm-trainer plot RUN_DIR [-o curves.png]              PNG of loss, eval and reward curves
 
 ``--config`` defaults to ``/etc/vlm-trainer/config.yaml`` (where the operator mounts it) when
 that file exists. Exit codes: 0 success; 1 ``validate-data`` found bad lines (every bad line is
@@ -152,6 +153,13 @@ def cmd_validate(args) -> int:
     return EXIT_DATA_INVALID if bad else EXIT_OK
 
 
+def cmd_plot(args) -> int:
+    from .plot import plot_run
+
+    print(plot_run(Path(args.run_dir), args.output))
+    return EXIT_OK
+
+
 def cmd_make_tiny_model(args) -> int:
     from .model import quiet_transformers
     from .tiny import make_tiny_model
@@ -275,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="key=value")
     v.set_defaults(func=cmd_validate)
+
+    pl = sub.add_parser("plot", help="a PNG of a run's loss, eval and reward curves")
+    pl.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (holds metrics.jsonl)")
+    pl.add_argument("-o", "--output", help="PNG to write (default RUN_DIR/curves.png)")
+    pl.set_defaults(func=cmd_plot)
 
     t = sub.add_parser("make-tiny-model", help="build the offline tiny Qwen3-VL")
     t.add_argument("dir")

@@ -36,6 +36,9 @@ from vlm_operator.builders.storage import StorageMounts, join_uri
 
 CONTAINER = "trainer"
 MASTER_PORT = 29500
+#: The trainer's Prometheus endpoint (rank 0 of each pod serves it; the chart's PodMonitor
+#: scrapes the container port named "metrics").
+TRAINER_METRICS_PORT = 9400
 EXIT_DATA_INVALID = 65  # EX_DATAERR
 EXIT_CONFIG_INVALID = 78  # EX_CONFIG
 NON_ROOT_UID = 65532
@@ -82,6 +85,7 @@ def trainer_env(
         {"name": "VLM_BASE_MODEL", "value": init.base_model if init else sh.base_model},
         {"name": "VLM_ROOT_MODEL", "value": sh.base_model},
         {"name": "VLM_PROCESSOR", "value": sh.processor or sh.base_model},
+        {"name": "VLM_TRAINER_METRICS_PORT", "value": str(TRAINER_METRICS_PORT)},
         {"name": "HOME", "value": "/tmp"},
     ]
     procs = max(1, sh.gpus_per_node)
@@ -167,6 +171,7 @@ def trainer_workload(
         "command": trainer_command(str(spec.mode), sh.nodes, max(1, sh.gpus_per_node)),
         "env": trainer_env(tj_body, tj, shape, ckpt_uri, init),
         "resources": _resources(shape),
+        "ports": [{"name": "metrics", "containerPort": TRAINER_METRICS_PORT}],
         "volumeMounts": volume_mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
