@@ -382,7 +382,8 @@ class JobPromote(Promote):
         description="final: the job's final checkpoint. best: the checkpoint with the best "
         "value of metric in its status.eval (every snapshot is evaluated on evalDataset, which "
         "best requires; ties go to the earlier step); the choice and why go into "
-        "status.selectedCheckpoint and an Event.",
+        "status.selectedCheckpoint and an Event. Set best when creating the job: the trainer "
+        "then keeps that snapshot from keepLast pruning.",
     )
     metric: MetricName = Field(
         "eval_loss",
