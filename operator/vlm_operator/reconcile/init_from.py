@@ -16,6 +16,10 @@ chain started from) and the processor; admission requires both to be the job's s
 architecture and the tokenizer always match. A missing or not-yet-verified source makes the job
 wait (``InitFromNotReady``), a mismatch fails it (``InvalidSpec`` naming the field). Pure: the
 caller lists the Checkpoints.
+
+Pruning: ``in_use`` says whether an unfinished job depends on a Checkpoint, for the operator's
+pruning to skip it. The trainer's own ``keepLast`` pruning of a job that is still running cannot
+see other jobs: start from a final Checkpoint (never pruned) or a promoted model.
 """
 
 from __future__ import annotations
