@@ -10,7 +10,7 @@ import yaml
 from vlm_operator.builders.config import validate_for_trainer
 from vlm_operator.builders.job import trainer_workload
 
-from tests.unit.test_operator_builders import SHAPE, TJ
+from tests.unit.manifests import SHAPE, TJ
 
 pytestmark = pytest.mark.unit
 

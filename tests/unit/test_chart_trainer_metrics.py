@@ -13,7 +13,7 @@ from vlm_operator.builders.job import trainer_workload
 from vlm_trainer.observe import _GAUGES
 
 from tests.unit.chart import CHART, find, one, template
-from tests.unit.test_operator_builders import SHAPE, TJ
+from tests.unit.manifests import SHAPE, TJ
 
 pytestmark = pytest.mark.unit
 

@@ -11,7 +11,7 @@ from vlm_operator.reconcile import best, init_from
 from vlm_operator.reconcile.job import admission
 from vlm_operator.settings import Settings
 
-from tests.unit.test_operator_builders import SHAPE, TJ
+from tests.unit.manifests import SHAPE, TJ
 
 pytestmark = pytest.mark.unit
 BASE = SHAPE["spec"]["baseModel"]
