@@ -68,7 +68,9 @@ def merge_adapter(model, adapter: str | Path):
     from peft import PeftModel
 
     check_model_ref(adapter, "init_adapter")
-    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    # Loading an adapter for inference froze every base weight; training needs them back.
+    return merged.requires_grad_(True)
 
 
 def lora_target_regex(modules: list[str]) -> str:
