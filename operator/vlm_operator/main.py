@@ -25,7 +25,7 @@ from vlm_operator import kube, leader, metrics
 from vlm_operator.api import GROUP, VERSION
 from vlm_operator.builders.labels import JOB_LABEL, MANAGED_BY, TASK_LABEL
 from vlm_operator.reconcile.checkpoint import reconcile_checkpoint
-from vlm_operator.reconcile.job import reconcile_job
+from vlm_operator.reconcile.job import jobs_awaiting_selection, reconcile_job
 from vlm_operator.reconcile.shape import reconcile_shape
 from vlm_operator.settings import Settings, configure_kopf
 from vlm_operator.workqueue import Key, WorkQueue
@@ -45,7 +45,7 @@ def dispatch(key: Key) -> list[Key]:
     if kind == "TrainerJob":
         return [("Checkpoint", n, c) for n, c in reconcile_job(ns or "", name, SETTINGS)]
     reconcile_checkpoint(ns or "", name, SETTINGS)
-    return []
+    return [("TrainerJob", ns, j) for j in jobs_awaiting_selection(ns or "", name)]
 
 
 QUEUE = WorkQueue(dispatch)

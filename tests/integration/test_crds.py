@@ -302,11 +302,22 @@ def test_checkpoint_and_shape_columns(crds, namespace: str) -> None:
             "promotedAt": "2025-01-01T00:00:00Z",
         },
         "conditions": [new_condition("Promoted", True, "PromotionSucceeded")],
+        "eval": {
+            "step": 10,
+            "metric": "eval_loss",
+            "mode": "min",
+            "value": 0.25,
+            "metrics": {"eval_loss": 0.25, "eval_exact_match": 0.75},
+        },
     }
     _patch(crds, namespace, "ckpt/c-cols", {"status": status}, "--subresource=status", check=True)
     table = crds.kubectl("get", "ckpt", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "JOB", "TYPE", "STEP", "PHASE", "OUTPUT", "MODEL", "AGE"]
-    assert table[1].split()[:6] == ["c-cols", "case-job", "lora", "10", "Promoted", "colour-sft"]
+    header = ["NAME", "JOB", "TYPE", "STEP", "PHASE", "EVAL", "OUTPUT", "MODEL", "AGE"]
+    assert table[0].split() == header
+    row = ["c-cols", "case-job", "lora", "10", "Promoted", "0.25", "colour-sft"]
+    assert table[1].split()[:7] == row
+    wide = crds.kubectl("get", "ckpt", "-n", namespace, "-o", "wide").stdout.splitlines()
+    assert "METRIC" in wide[0].split() and "eval_loss" in wide[1].split()
 
     name = f"cols-{secrets.token_hex(3)}"
     shape = merge(BASES["TrainingShape"](), {"metadata": {"name": name}})
@@ -356,5 +367,8 @@ def test_explain_shows_the_models_descriptions(crds) -> None:
         ("trainingshape.spec.maxContext", "Longest sequence in tokens"),
         ("checkpoint.spec.promote.outputModel", "Name of the promoted model"),
         ("tj.spec.hyperparameters.rl.completionsPerPrompt", "GRPO group size"),
+        ("trainerjob.spec.initFrom", "Start from a Checkpoint or a promoted model"),
+        ("trainerjob.spec.initFrom.checkpoint", "A verified Checkpoint in the job's namespace"),
+        ("trainerjob.spec.promote.select", "final: the job's final checkpoint. best:"),
     ):
         assert words in _explain(crds, path), path

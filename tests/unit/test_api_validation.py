@@ -115,6 +115,28 @@ INVALID_CASES: list[Case] = [
     Case("job-max-seq-len-tiny", J, _hp(maxSeqLen=8), "spec.hyperparameters.maxSeqLen"),
     Case("job-warmup-negative", J, _hp(warmupSteps=-1), "spec.hyperparameters.warmupSteps"),
     Case("job-weight-decay-negative", J, _hp(weightDecay=-0.1), "spec.hyperparameters.weightDecay"),
+    Case("job-adam-beta1-one", J, _hp(adamBeta1=1.0), "spec.hyperparameters.adamBeta1"),
+    Case("job-adam-beta2-negative", J, _hp(adamBeta2=-0.1), "spec.hyperparameters.adamBeta2"),
+    Case("job-adam-eps-zero", J, _hp(adamEps=0), "spec.hyperparameters.adamEps"),
+    Case(
+        "job-init-from-both",
+        J,
+        {"spec": {"initFrom": {"checkpoint": "a-final", "model": "m"}}},
+        "spec.initFrom",
+    ),
+    Case("job-init-from-empty", J, {"spec": {"initFrom": {}}}, "spec.initFrom"),
+    Case(
+        "job-promote-best-without-eval",
+        J,
+        {"spec": {"promote": {"outputModel": "m", "select": "best"}}},
+        "spec.promote.select",
+    ),
+    Case(
+        "job-promote-mode",
+        J,
+        {"spec": {"promote": {"outputModel": "m", "mode": "lowest"}}},
+        "spec.promote.mode",
+    ),
     Case("job-lr-schedule", J, _hp(lrSchedule="step"), "spec.hyperparameters.lrSchedule"),
     Case(
         "job-unknown-field",

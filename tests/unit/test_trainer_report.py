@@ -40,6 +40,20 @@ def test_progress_bar_on_a_terminal(tmp_path):
     assert "\r[###############...............] 2/4 loss 2.5000" in text
     assert "1,234 tok/s" in text or "1,235 tok/s" in text
     assert len(lines(tmp_path / "metrics.jsonl")) == 1  # the file gets every step regardless
+    assert text.endswith("ETA --:--")  # one step seen: no rate yet
+
+
+def test_progress_bar_eta_from_the_step_rate(tmp_path, monkeypatch):
+    import vlm_trainer.report as report
+
+    clock = iter([100.0, 130.0])  # step 1 at t=100, step 2 at t=130: 30 s per step
+    monkeypatch.setattr(report.time, "monotonic", lambda: next(clock))
+    out = io.StringIO()
+    r = LocalReporter(tmp_path, stream=out, tty=True)
+    r.on_start({"total_steps": 10})
+    r.on_step({**STEP, "step": 1})
+    r.on_step({**STEP, "step": 2})
+    assert out.getvalue().endswith("ETA 04:00")  # 8 steps left x 30 s
 
 
 def test_resume_drops_metrics_of_lost_steps(tmp_path):

@@ -207,9 +207,13 @@ def clean_temp(root: Path) -> list[Path]:
 
 
 def prune(
-    root: Path, keep_last: int, may_delete: Callable[[Path], bool] | None = None
+    root: Path,
+    keep_last: int,
+    may_delete: Callable[[Path], bool] | None = None,
+    keep: frozenset[str] | set[str] = frozenset(),
 ) -> list[Path]:
-    """Delete all but the ``keep_last`` newest ``step-*`` checkpoints (0 keeps all).
+    """Delete all but the ``keep_last`` newest ``step-*`` checkpoints (0 keeps all) and the
+    ones named in ``keep``.
 
     ``may_delete(path)`` is asked first for each one and keeps it when False: the reporter marks
     the snapshot's Checkpoint object pruned there, and refuses for one with a promotion
@@ -217,7 +221,11 @@ def prune(
     steps = list_steps(root)
     if keep_last <= 0 or len(steps) <= keep_last:
         return []
-    doomed = [p for _, p in steps[:-keep_last] if may_delete is None or may_delete(p)]
+    doomed = [
+        p
+        for _, p in steps[:-keep_last]
+        if p.name not in keep and (may_delete is None or may_delete(p))
+    ]
     for p in doomed:
         # Rename first so a crash mid-delete never leaves a half-deleted step-* folder.
         trash = root / f".tmp-deleting-{p.name}"

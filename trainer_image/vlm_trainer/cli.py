@@ -11,6 +11,7 @@ Subcommands::
     vlm-trainer promote --checkpoint DIR --output DIR     standalone HF model (operator Job)
     vlm-trainer dpo --config cfg.yaml [key=value ...]     train (or resume) with the DPO recipe
     vlm-trainer rl --config cfg.yaml [key=value ...]      train (or resume) with the RL recipe
+    vlm-trainer plot RUN_DIR [-o curves.png]              PNG of loss, eval and reward curves
 
 ``--config`` defaults to ``/etc/vlm-trainer/config.yaml`` (where the operator mounts it) when
 that file exists. Exit codes: 0 success; 1 ``validate-data`` found bad lines (every bad line is
@@ -110,6 +111,7 @@ def cmd_validate(args) -> int:
         max_pixels = cfg.max_image_pixels
         args.max_seq_len = args.max_seq_len or cfg.max_seq_len
         args.train_on, args.on_truncation = cfg.train_on, cfg.on_truncation
+        args.reward = args.reward or getattr(cfg, "reward", None)
     if not files:
         raise ConfigError("validate-data: give a FILE or --config")
     if args.model:
@@ -126,9 +128,19 @@ def cmd_validate(args) -> int:
         )
     from .config import local_path
 
+    reward = None
+    if args.mode == "rl":  # the reward's required fields (default: the RL config's default)
+        from .rewards import RewardError, load_reward
+
+        try:
+            reward = load_reward(args.reward or RLConfig.model_fields["reward"].default)
+        except RewardError as e:
+            raise ConfigError(f"--reward: {e}") from e
     bad = False
     for f in files:
-        summary = validate_file(local_path(f), args.mode, renderer, max_pixels, args.max_issues)
+        summary = validate_file(
+            local_path(f), args.mode, renderer, max_pixels, args.max_issues, reward
+        )
         for issue in summary.issues:
             print(issue)
         if summary.bad_records > len(summary.issues):
@@ -140,6 +152,13 @@ def cmd_validate(args) -> int:
         else:
             print(json.dumps(summary.as_dict()))
     return EXIT_DATA_INVALID if bad else EXIT_OK
+
+
+def cmd_plot(args) -> int:
+    from .plot import plot_run
+
+    print(plot_run(Path(args.run_dir), args.output))
+    return EXIT_OK
 
 
 def cmd_make_tiny_model(args) -> int:
@@ -266,8 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--on-truncation", choices=["skip", "error"], default="skip")
     v.add_argument("--max-issues", type=int, default=1000, help="stop listing after N issues")
+    v.add_argument(
+        "--reward",
+        help="rl: the reward (built-in or module:function) whose required fields every record "
+        "must carry; default: the config's, else exact_match",
+    )
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="key=value")
     v.set_defaults(func=cmd_validate)
+
+    pl = sub.add_parser("plot", help="a PNG of a run's loss, eval and reward curves")
+    pl.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (holds metrics.jsonl)")
+    pl.add_argument("-o", "--output", help="PNG to write (default RUN_DIR/curves.png)")
+    pl.set_defaults(func=cmd_plot)
 
     t = sub.add_parser("make-tiny-model", help="build the offline tiny Qwen3-VL")
     t.add_argument("dir")

@@ -44,6 +44,11 @@ class TrainConfig(BaseModel):
     tokenizer_model: str | None = Field(
         None, description="Processor/tokenizer path or hub id; defaults to base_model."
     )
+    init_adapter: str | None = Field(
+        None,
+        description="A LoRA checkpoint folder merged into base_model before training starts "
+        "(start from an earlier LoRA run's result; the operator's spec.initFrom).",
+    )
     dataset: str = Field(..., description="JSONL path or file:// URI.")
     eval_dataset: str | None = None
     log_path: str = Field(..., description="metrics.jsonl goes here, and checkpoints/ by default.")
@@ -100,6 +105,12 @@ class TrainConfig(BaseModel):
     # Checkpoints and runtime.
     save_every_steps: int = Field(0, ge=0, description="0 = only the final checkpoint.")
     keep_last: int = Field(3, ge=0, description="step-* checkpoints kept; 0 = keep all.")
+    keep_best_metric: str | None = Field(
+        None,
+        description="Also keep the step-* checkpoint with the best value of this eval metric "
+        "(the operator's promote.select: best), whatever keep_last says.",
+    )
+    keep_best_mode: Literal["min", "max"] = "min"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(

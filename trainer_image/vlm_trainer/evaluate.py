@@ -93,3 +93,35 @@ def evaluate_file(
         "accuracy": sum(correct) / max(len(correct), 1),
         "mismatches": mismatches[:max_mismatches],
     }
+
+
+def single_answer_records(data: str | Path) -> list[tuple[Conversation, str]] | None:
+    """``(prompt, answer)`` per record when every record has exactly one assistant message
+    (a question with one expected answer); None otherwise (exact match would mean nothing)."""
+    out = []
+    for line, _, raw in iter_lines(data):
+        record, _ = parse_line(raw, file=str(data), line=line, decode_images=False)
+        if record is None:
+            return None
+        conv = record.conversation
+        if sum(m.role == "assistant" for m in conv.messages) != 1:
+            return None
+        prompt, answer = split_last_assistant(conv)
+        out.append((prompt, answer.strip()))
+    return out
+
+
+def exact_match_accuracy(
+    model, renderer: Renderer, records: list[tuple[Conversation, str]], batch_size: int, **gen
+) -> float:
+    """Share of greedy answers equal to the expected ones (whitespace-stripped)."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(records), batch_size):
+        chunk = records[i : i + batch_size]
+        max_new = max(len(renderer.tokenizer.encode(a)) for _, a in chunk) + 2
+        answers = generate(model, renderer, [p for p, _ in chunk], max_new, **gen)
+        correct += sum(got == want for got, (_, want) in zip(answers, chunk, strict=True))
+    model.train(was_training)
+    return correct / max(len(records), 1)

@@ -73,6 +73,13 @@ class KubernetesReporter:
         self.uid = env.get("VLM_TRAINERJOB_UID")
         self.checkpoint_uri = env.get("VLM_CHECKPOINT_URI", "").rstrip("/")
         self.base_model = env.get("VLM_BASE_MODEL", "")
+        # What a later job's spec.initFrom is checked against: the model this chain started
+        # from and its processor (operator/vlm_operator/reconcile/init_from.py).
+        self.lineage = {
+            f"{GROUP}/{key}": env[var]
+            for key, var in (("root-model", "VLM_ROOT_MODEL"), ("processor", "VLM_PROCESSOR"))
+            if env.get(var)
+        }
         self.interval = float(env.get("VLM_PROGRESS_INTERVAL", "5"))
         self.total_steps = 0
         self.last_sent = 0.0
@@ -135,7 +142,12 @@ class KubernetesReporter:
         body: dict[str, Any] = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "Checkpoint",
-            "metadata": {"name": ckpt, "namespace": self.ns, "labels": {JOB_LABEL: self.name}},
+            "metadata": {
+                "name": ckpt,
+                "namespace": self.ns,
+                "labels": {JOB_LABEL: self.name},
+                "annotations": self.lineage,
+            },
             "spec": {
                 "trainerJob": self.name,
                 "step": step,

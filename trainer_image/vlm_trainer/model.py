@@ -62,6 +62,17 @@ def load_model(path: str | Path, dtype: torch.dtype, device: torch.device):
     return model.to(device)
 
 
+def merge_adapter(model, adapter: str | Path):
+    """``model`` with the LoRA adapter in ``adapter`` merged into its weights (a plain model
+    again, ready for full fine-tuning or a new adapter)."""
+    from peft import PeftModel
+
+    check_model_ref(adapter, "init_adapter")
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    # Loading an adapter for inference froze every base weight; training needs them back.
+    return merged.requires_grad_(True)
+
+
 def lora_target_regex(modules: list[str]) -> str:
     """A peft ``target_modules`` regex: these linear layers, anywhere except the vision tower."""
     return rf"^(?!.*\bvisual\b).*\.({'|'.join(modules)})$"

@@ -60,7 +60,10 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     if (problem := ckpt.verify(path)) is not None:
         raise PromotionError(f"checkpoint {path} does not verify: {problem}")
     files = [p for p in path.rglob("*") if p.is_file()]
-    return {"sizeBytes": sum(p.stat().st_size for p in files), "files": len(files)}
+    out: dict[str, Any] = {"sizeBytes": sum(p.stat().st_size for p in files), "files": len(files)}
+    if isinstance(ev := (ckpt.read_manifest(path) or {}).get("eval"), dict):
+        out["eval"] = ev  # the snapshot's eval metrics: the operator copies them to status.eval
+    return out
 
 
 def promote(

@@ -9,8 +9,9 @@ Reporters must not raise into the training loop; a failing reporter logs and car
 ``LocalReporter`` (always on): one JSON object per line in ``<log_path>/metrics.jsonl``
 (``event``: ``train`` | ``eval``, plus ``step``, ``loss``, ``lr``, ``tokens_per_second`` ...),
 the same lines and the start/checkpoint/done events on stdout, or a progress bar instead when
-stdout is a terminal. ``build_reporter`` is where other reporters join (the operator's
-Kubernetes status reporter, when running inside a TrainerJob pod).
+stdout is a terminal (step, loss, learning rate, tokens/s and the ETA). ``build_reporter`` is
+where other reporters join: TensorBoard event files and Prometheus metrics (``observe.py``),
+and the operator's Kubernetes status reporter when running inside a TrainerJob pod.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -43,6 +45,7 @@ class LocalReporter:
         self.tty = self.stream.isatty() if tty is None else tty
         self.total_steps = 0
         self._bar_open = False
+        self._first: tuple[int, float] | None = None  # (step, time) of the first step seen
 
     # -- events ---------------------------------------------------------------------------------
     def on_start(self, info: dict[str, Any]) -> None:
@@ -98,10 +101,20 @@ class LocalReporter:
         tps = m.get("tokens_per_second", 0.0)
         self.stream.write(
             f"\r[{'#' * filled}{'.' * (width - filled)}] {step}/{total} "
-            f"loss {m.get('loss', float('nan')):.4f} lr {m.get('lr', 0.0):.2e} {tps:,.0f} tok/s"
+            f"loss {m.get('loss', float('nan')):.4f} lr {m.get('lr', 0.0):.2e} {tps:,.0f} tok/s "
+            f"ETA {self._eta(step, total)}"
         )
         self.stream.flush()
         self._bar_open = True
+
+    def _eta(self, step: int, total: int) -> str:
+        now = time.monotonic()
+        if self._first is None or step <= self._first[0]:
+            self._first = self._first or (step, now)
+            return "--:--"
+        left = (now - self._first[1]) / (step - self._first[0]) * max(total - step, 0)
+        h, rem = divmod(int(left), 3600)
+        return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60:02d}:{rem % 60:02d}"
 
 
 class MultiReporter:
@@ -140,7 +153,9 @@ class MultiReporter:
 def build_reporter(log_dir: Path) -> MultiReporter:
     """The reporters for this process: always the local one; inside a TrainerJob pod (the
     operator's environment variables, rank 0) also ``kube_report.KubernetesReporter``."""
-    reporters: list[Reporter] = [LocalReporter(log_dir)]
+    from .observe import extra_reporters
+
+    reporters: list[Reporter] = [LocalReporter(log_dir), *extra_reporters(log_dir)]
     try:
         from . import kube_report
     except ImportError:  # a trainer built without the operator's reporter

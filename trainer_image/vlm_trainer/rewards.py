@@ -11,6 +11,12 @@ A reward function scores one completion::
 - returns a finite number. Any range works (advantages are normalised per group), but the
   built-ins return 0.0 or 1.0 so that the mean reward reads as an accuracy.
 
+Required fields: a reward declares what each prompt record must carry with ``@requires``
+(``@requires("answer")``; ``@requires("pattern", "answer")`` means either one), in the
+``required_fields`` attribute; ``validate-data --mode rl --reward NAME`` and the RL recipe's
+check before training report every record that lacks them (``missing_fields``). A user
+function without the attribute requires nothing that can be checked up front.
+
 ``reward: mypkg.rewards:score`` imports ``mypkg.rewards`` (it must be importable in the trainer
 image, e.g. installed or on ``PYTHONPATH``) and calls ``score``. A missing module, a missing
 function, an exception or a non-finite result fails the run with a message naming the function.
@@ -46,6 +52,28 @@ class RewardError(ValueError):
     """A reward function that cannot be loaded or returned something unusable."""
 
 
+def requires(*any_of: str) -> Callable[[Callable], Callable]:
+    """Declare that a prompt record needs one of the fields ``any_of``; stackable (every
+    decorator is one more requirement)."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.required_fields = (tuple(any_of), *getattr(fn, "required_fields", ()))
+        return fn
+
+    return mark
+
+
+def missing_fields(fn: Callable, fields: dict) -> list[str]:
+    """One message per requirement of ``fn`` that ``fields`` (a record's top-level fields
+    other than ``messages``) does not meet; empty when it meets all."""
+    out = []
+    for any_of in getattr(fn, "required_fields", ()):
+        if not any(k in fields for k in any_of):
+            want = " or ".join(repr(k) for k in any_of)
+            out.append(f"missing field {want}, which the reward needs")
+    return out
+
+
 def extract_answer(completion: str) -> str:
     """The text of the last ``<answer>...</answer>`` tag, else the whole completion; stripped."""
     tags = _ANSWER_TAG.findall(completion)
@@ -58,11 +86,13 @@ def _expected(fields: dict, key: str = "answer") -> Any:
     return fields[key]
 
 
+@requires("answer")
 def exact_match(completion: str, fields: dict) -> float:
     expected = str(_expected(fields)).strip().casefold()
     return float(extract_answer(completion).casefold() == expected)
 
 
+@requires("pattern", "answer")
 def regex_match(completion: str, fields: dict) -> float:
     if "pattern" in fields:
         return float(re.search(str(fields["pattern"]), completion) is not None)
@@ -79,6 +109,7 @@ def _number(text: str) -> float | None:
         return None
 
 
+@requires("answer")
 def numeric_match(completion: str, fields: dict) -> float:
     expected = _expected(fields)
     want = float(expected) if isinstance(expected, int | float) else _number(str(expected))
@@ -134,4 +165,5 @@ def _checked(fn: Callable, name: str) -> RewardFn:
         return value
 
     reward.__name__ = getattr(fn, "__name__", name)
+    reward.required_fields = getattr(fn, "required_fields", ())
     return reward

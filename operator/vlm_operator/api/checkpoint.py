@@ -30,9 +30,8 @@ from vlm_operator.api.base import (
 )
 from vlm_operator.api.common import CheckpointType, LocationURI, ModelName, ModelRef, ObjectName
 from vlm_operator.api.conditions import Conditions
-from vlm_operator.api.job import Promote
+from vlm_operator.api.job import MetricMode, MetricName, Promote
 
-MetricName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_./-]+$")]
 Metrics = Annotated[dict[MetricName, float], Field(max_length=32)]
 
 
@@ -107,6 +106,18 @@ class Promotion(StatusModel):
     promoted_at: datetime | None = Field(None, description="When the promotion finished.")
 
 
+class SnapshotEval(StatusModel):
+    """Eval metrics of this snapshot (the job's evalDataset), from its verified manifest."""
+
+    step: int | None = Field(None, ge=0, description="Step the metrics were measured at.")
+    metric: str | None = Field(
+        None, max_length=63, description="The headline metric (shown by kubectl get ckpt)."
+    )
+    mode: MetricMode | None = Field(None, description="min or max: which is better.")
+    value: float | None = Field(None, description="Value of the headline metric.")
+    metrics: Metrics | None = Field(None, description="Every eval metric by name.")
+
+
 class CheckpointStatus(StatusModel):
     """Observed state of a Checkpoint, written by the operator."""
 
@@ -124,6 +135,9 @@ class CheckpointStatus(StatusModel):
     )
     size_bytes: int | None = Field(None, ge=0, description="Total size of the checkpoint's files.")
     promotion: Promotion | None = Field(None, description="Set once the promotion finished.")
+    eval: SnapshotEval | None = Field(
+        None, description="Eval metrics of the snapshot, when the job has an evalDataset."
+    )
 
 
 class Checkpoint(Resource):
@@ -140,6 +154,12 @@ class Checkpoint(Resource):
             PrinterColumn("Type", "string", ".spec.type", "full or lora."),
             PrinterColumn("Step", "integer", ".spec.step", "Optimizer step."),
             PrinterColumn("Phase", "string", ".status.phase", "Where the checkpoint is."),
+            PrinterColumn(
+                "Eval", "number", ".status.eval.value", "Headline eval metric (status.eval)."
+            ),
+            PrinterColumn(
+                "Metric", "string", ".status.eval.metric", "Name of that metric.", priority=1
+            ),
             PrinterColumn(
                 "Output Model",
                 "string",

@@ -77,6 +77,7 @@ class Reason(StrEnum):
     SHAPE_NOT_READY = "ShapeNotReady"
     SHAPE_RESOLVED = "ShapeResolved"
     QUEUED = "Queued"
+    INIT_FROM_NOT_READY = "InitFromNotReady"
     # TrainerJob Running
     JOB_CREATED = "JobCreated"
     PODS_PENDING = "PodsPending"
@@ -104,6 +105,8 @@ class Reason(StrEnum):
     NOT_OWNED = "NotOwned"
     MODEL_EXISTS = "ModelExists"
     PRUNED = "Pruned"
+    # TrainerJob Event when spec.promote.select is best
+    CHECKPOINT_SELECTED = "CheckpointSelected"
 
 
 #: One line per reason: what happened and what the user can do (the README's troubleshooting
@@ -119,6 +122,8 @@ REASON_HELP: dict[Reason, str] = {
     Reason.SHAPE_NOT_READY: "The TrainingShape exists but is not Ready; see its conditions.",
     Reason.SHAPE_RESOLVED: "The shape was found and its version pinned in status.shapeVersion.",
     Reason.QUEUED: "Waiting for Kueue to admit the job (spec.queueName).",
+    Reason.INIT_FROM_NOT_READY: "spec.initFrom names a Checkpoint or promoted model that does "
+    "not exist or is not verified yet; the job is admitted by itself once it is.",
     Reason.JOB_CREATED: "The batch/v1 Job exists; pods are being created.",
     Reason.PODS_PENDING: "Pods are not scheduled yet, usually for lack of free GPUs; see "
     "kubectl describe pod.",
@@ -153,6 +158,8 @@ REASON_HELP: dict[Reason, str] = {
     "Choose another outputModel, or set promote.overwrite: true to replace it.",
     Reason.PRUNED: "keepLast removed the snapshot's files; the Checkpoint is kept as a record "
     "and cannot be promoted.",
+    Reason.CHECKPOINT_SELECTED: "spec.promote.select best chose the checkpoint to promote; "
+    "status.selectedCheckpoint says which and why.",
 }
 
 

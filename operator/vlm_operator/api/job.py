@@ -276,7 +276,21 @@ class Hyperparameters(ApiModel):
         "default when unset. Only with loraRank > 0.",
     )
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA adapters' input.")
-    weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW weight decay.")
+    weight_decay: float = Field(
+        0.0, ge=0, le=10, description="AdamW weight decay (not on biases and norm scales)."
+    )
+    adam_beta1: float = Field(
+        0.9, ge=0, lt=1, description="AdamW's beta1: decay of the running mean of gradients."
+    )
+    adam_beta2: float = Field(
+        0.999,
+        ge=0,
+        lt=1,
+        description="AdamW's beta2: decay of the running mean of squared gradients.",
+    )
+    adam_eps: float = Field(
+        1e-8, gt=0, le=1, description="AdamW's epsilon, added to the denominator for stability."
+    )
     grad_clip_norm: float = Field(
         1.0, ge=0, description="Clip the global gradient norm to this; 0 disables clipping."
     )
@@ -333,6 +347,24 @@ class Checkpointing(ApiModel):
     )
 
 
+#: An eval metric's name as the trainer writes it (eval_loss, eval_exact_match ...).
+MetricName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_./-]+$")]
+
+
+class PromoteSelect(StrEnum):
+    """Which of the job's checkpoints is promoted."""
+
+    FINAL = "final"
+    BEST = "best"
+
+
+class MetricMode(StrEnum):
+    """Whether a lower or a higher metric is better."""
+
+    MIN = "min"
+    MAX = "max"
+
+
 class Promote(ApiModel):
     """Publish a checkpoint as a named model (LoRA merged into the base, HF format)."""
 
@@ -348,6 +380,58 @@ class Promote(ApiModel):
         "false: such a promotion fails with reason ModelExists and the existing model is left "
         "as it is.",
     )
+
+
+class JobPromote(Promote):
+    """Publish one of the job's checkpoints as a named model once the job succeeded."""
+
+    select: PromoteSelect = Field(
+        PromoteSelect.FINAL,
+        description="final: the job's final checkpoint. best: the checkpoint with the best "
+        "value of metric in its status.eval (every snapshot is evaluated on evalDataset, which "
+        "best requires; ties go to the earlier step); the choice and why go into "
+        "status.selectedCheckpoint and an Event. Set best when creating the job: the trainer "
+        "then keeps that snapshot from keepLast pruning.",
+    )
+    metric: MetricName = Field(
+        "eval_loss",
+        description="Eval metric that select: best compares, e.g. eval_loss, eval_exact_match, "
+        "eval_preference_accuracy (dpo), eval_reward_mean (rl).",
+    )
+    mode: MetricMode = Field(
+        MetricMode.MIN, description="min: lower is better (losses); max: higher is better."
+    )
+
+
+class InitFrom(ApiModel):
+    """Earlier weights to start from, instead of the shape's base model."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel(
+            Rule(
+                "has(self.checkpoint) != has(self.model)",
+                "set exactly one of checkpoint and model",
+            )
+        )
+    )
+
+    checkpoint: ObjectName | None = Field(
+        None,
+        description="A verified Checkpoint in the job's namespace (e.g. <job>-final). A full "
+        "checkpoint is loaded as it is; a LoRA checkpoint is merged into its base model first "
+        "and needs loraRank 0 here (to stack a new adapter, promote it and use model).",
+    )
+    model: ModelName | None = Field(
+        None,
+        description="A model promoted in the job's namespace (a Checkpoint's "
+        "status.promotion.outputModel): a standalone HF model.",
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> InitFrom:
+        if (self.checkpoint is None) == (self.model is None):
+            raise ValueError("set exactly one of checkpoint and model")
+        return self
 
 
 _PROMOTE_ONCE = Rule(
@@ -377,7 +461,13 @@ class TrainerJobSpec(ApiModel):
             presence_fixed("evalDataset"),
             presence_fixed("podOverrides"),
             presence_fixed("queueName"),
+            presence_fixed("initFrom"),
             _PROMOTE_ONCE,
+            Rule(
+                "!has(self.promote) || self.promote.select != 'best' || has(self.evalDataset)",
+                "promote.select best compares eval metrics: it needs evalDataset",
+                field_path=".promote.select",
+            ),
         )
     )
 
@@ -397,6 +487,13 @@ class TrainerJobSpec(ApiModel):
         None,
         description="Held-out data evaluated at every checkpoint (same format). Immutable.",
     )
+    init_from: Annotated[InitFrom | None, Immutable("initFrom")] = Field(
+        None,
+        description="Start from a Checkpoint or a promoted model instead of the shape's base "
+        "model (e.g. DPO from an SFT result); its architecture and processor must be the "
+        "shape's. The job waits (InitFromNotReady) until it exists and is verified; the one "
+        "used is recorded in status.initFrom. Immutable.",
+    )
     hyperparameters: Annotated[Hyperparameters, Immutable("hyperparameters")] = Field(
         default_factory=Hyperparameters,
         description="Optimisation settings; every field has a default. Immutable.",
@@ -407,10 +504,10 @@ class TrainerJobSpec(ApiModel):
         description="When and where checkpoints are saved. Immutable.",
         json_schema_extra={"default": {}},
     )
-    promote: Promote | None = Field(
+    promote: JobPromote | None = Field(
         None,
-        description="Promote the final checkpoint to a named model when the job succeeds. May "
-        "be added after the job finished; cannot be changed or removed once set.",
+        description="Promote the final (or the best) checkpoint to a named model when the job "
+        "succeeds. May be added after the job finished; cannot be changed or removed once set.",
     )
     suspend: bool = Field(
         False,
@@ -449,6 +546,8 @@ class TrainerJobSpec(ApiModel):
             raise ValueError("hyperparameters.dpo is only allowed when mode is dpo")
         if self.hyperparameters.rl is not None and self.mode != Mode.RL:
             raise ValueError("hyperparameters.rl is only allowed when mode is rl")
+        if self.promote and self.promote.select == PromoteSelect.BEST and not self.eval_dataset:
+            raise ValueError("promote.select best compares eval metrics: it needs evalDataset")
         return self
 
     def dpo_settings(self) -> DpoSettings:
@@ -488,6 +587,24 @@ class Progress(StatusModel):
     updated_at: datetime | None = Field(None, description="When the trainer last reported.")
 
 
+class InitFromStatus(StatusModel):
+    """The weights the job started from (spec.initFrom), resolved at admission."""
+
+    checkpoint: str | None = Field(None, max_length=253, description="Checkpoint used.")
+    uid: str | None = Field(None, max_length=64, description="Its metadata.uid.")
+    uri: str | None = Field(None, max_length=1024, description="Folder the weights came from.")
+
+
+class SelectedCheckpoint(StatusModel):
+    """The checkpoint spec.promote chose, and why."""
+
+    checkpoint: str | None = Field(None, max_length=253, description="Checkpoint promoted.")
+    step: int | None = Field(None, ge=0, description="Its step.")
+    metric: str | None = Field(None, max_length=63, description="Metric compared.")
+    value: float | None = Field(None, description="Its value of the metric.")
+    reason: str | None = Field(None, max_length=1024, description="Why this one.")
+
+
 class TrainerJobStatus(StatusModel):
     """Observed state of a TrainerJob, written by the operator and the trainer."""
 
@@ -514,6 +631,12 @@ class TrainerJobStatus(StatusModel):
     )
     attempts: int | None = Field(
         None, ge=0, description="Trainer pods started so far (1 + retries)."
+    )
+    init_from: InitFromStatus | None = Field(
+        None, description="The Checkpoint spec.initFrom resolved to (kept from pruning)."
+    )
+    selected_checkpoint: SelectedCheckpoint | None = Field(
+        None, description="The Checkpoint spec.promote chose (select: best) and why."
     )
 
 

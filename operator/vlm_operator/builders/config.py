@@ -7,6 +7,7 @@ operator and the trainer is an `InvalidSpec` before any pod runs, never a crash 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from vlm_operator.api import TrainerJob, TrainingShape
@@ -27,14 +28,27 @@ def checkpoint_location(tj: TrainerJob, default_storage: str) -> str:
     return join_uri(base, tj.metadata.namespace or "default", folder)
 
 
+@dataclass(frozen=True)
+class InitWeights:
+    """Where a job with spec.initFrom starts: the model folder the trainer loads as its base,
+    and a LoRA adapter merged into it at load (a LoRA Checkpoint), if any."""
+
+    base_model: str
+    adapter: str | None = None
+
+
 def trainer_config(
-    tj: TrainerJob, shape: TrainingShape, default_storage: str, mounts: StorageMounts
+    tj: TrainerJob,
+    shape: TrainingShape,
+    default_storage: str,
+    mounts: StorageMounts,
+    init: InitWeights | None = None,
 ) -> dict[str, Any]:
     spec, hp, sh = tj.spec, tj.spec.hyperparameters, shape.spec
     cfg: dict[str, Any] = {
         "job_name": tj.metadata.name,
         **({"job_uid": tj.metadata.uid} if tj.metadata.uid else {}),
-        "base_model": mounts.path(sh.base_model),
+        "base_model": mounts.path(init.base_model if init else sh.base_model),
         "dataset": mounts.path(spec.dataset.uri),
         "log_path": mounts.path(checkpoint_location(tj, default_storage), writable=True),
         "max_seq_len": hp.max_seq_len or sh.max_context,
@@ -48,6 +62,9 @@ def trainer_config(
         "min_lr_ratio": hp.min_lr_ratio,
         "warmup_steps": hp.warmup_steps,
         "weight_decay": hp.weight_decay,
+        "adam_beta1": hp.adam_beta1,
+        "adam_beta2": hp.adam_beta2,
+        "adam_eps": hp.adam_eps,
         "grad_clip_norm": hp.grad_clip_norm,
         "lora_rank": hp.lora_rank,
         "lora_dropout": hp.lora_dropout,
@@ -58,14 +75,19 @@ def trainer_config(
         "keep_last": spec.checkpointing.keep_last,
         "precision": str(sh.precision),
     }
-    if sh.processor:
-        cfg["tokenizer_model"] = mounts.path(sh.processor)
+    # The shape's processor: an initFrom source carries a copy of the same one (checked at
+    # admission), so the shape's stays the single answer.
+    cfg["tokenizer_model"] = mounts.path(sh.processor or sh.base_model)
+    if init and init.adapter:
+        cfg["init_adapter"] = mounts.path(init.adapter)
     if spec.eval_dataset:
         cfg["eval_dataset"] = mounts.path(spec.eval_dataset.uri)
     if hp.max_steps is not None:
         cfg["max_steps"] = hp.max_steps
     if hp.lora_alpha is not None:
         cfg["lora_alpha"] = hp.lora_alpha
+    if spec.promote and spec.promote.select == "best":  # keepLast must not prune the best
+        cfg |= {"keep_best_metric": spec.promote.metric, "keep_best_mode": str(spec.promote.mode)}
     if hp.dpo is not None:
         cfg |= {
             "beta": hp.dpo.beta,

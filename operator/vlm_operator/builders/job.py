@@ -20,6 +20,7 @@ from vlm_operator.api import TrainerJob, TrainingShape
 from vlm_operator.builders.config import (
     CONFIG_DIR,
     CONFIG_KEY,
+    InitWeights,
     checkpoint_location,
     trainer_config,
 )
@@ -35,6 +36,9 @@ from vlm_operator.builders.storage import StorageMounts, join_uri
 
 CONTAINER = "trainer"
 MASTER_PORT = 29500
+#: The trainer's Prometheus endpoint (rank 0 of each pod serves it; the chart's PodMonitor
+#: scrapes the container port named "metrics").
+TRAINER_METRICS_PORT = 9400
 EXIT_DATA_INVALID = 65  # EX_DATAERR
 EXIT_CONFIG_INVALID = 78  # EX_CONFIG
 NON_ROOT_UID = 65532
@@ -81,7 +85,11 @@ def trainer_command(mode: str, nodes: int, procs: int) -> list[str]:
 
 
 def trainer_env(
-    tj_body: dict[str, Any], tj: TrainerJob, shape: TrainingShape, ckpt_uri: str
+    tj_body: dict[str, Any],
+    tj: TrainerJob,
+    shape: TrainingShape,
+    ckpt_uri: str,
+    init: InitWeights | None = None,
 ) -> list[dict[str, Any]]:
     name, sh = tj.metadata.name, shape.spec
     env = [
@@ -89,7 +97,12 @@ def trainer_env(
         _field_env("VLM_TRAINERJOB_NAMESPACE", "metadata.namespace"),
         {"name": "VLM_TRAINERJOB_UID", "value": tj_body["metadata"]["uid"]},
         {"name": "VLM_CHECKPOINT_URI", "value": join_uri(ckpt_uri, "checkpoints")},
-        {"name": "VLM_BASE_MODEL", "value": sh.base_model},
+        # The base a LoRA checkpoint of this job is an adapter for (what promotion merges
+        # into); the lineage (root model, processor) goes onto every Checkpoint it creates.
+        {"name": "VLM_BASE_MODEL", "value": init.base_model if init else sh.base_model},
+        {"name": "VLM_ROOT_MODEL", "value": sh.base_model},
+        {"name": "VLM_PROCESSOR", "value": sh.processor or sh.base_model},
+        {"name": "VLM_TRAINER_METRICS_PORT", "value": str(TRAINER_METRICS_PORT)},
         *cache_env(),
     ]
     procs = max(1, sh.gpus_per_node)
@@ -130,7 +143,11 @@ def _tolerations(tj: TrainerJob, shape: TrainingShape) -> list[dict[str, Any]]:
 
 
 def trainer_workload(
-    tj_body: dict[str, Any], shape_body: dict[str, Any], default_storage: str, default_image: str
+    tj_body: dict[str, Any],
+    shape_body: dict[str, Any],
+    default_storage: str,
+    default_image: str,
+    init: InitWeights | None = None,
 ) -> list[dict[str, Any]]:
     """ConfigMap, (Service,) Job for one TrainerJob, in the order they should be applied."""
     tj = TrainerJob.model_validate(without_status(tj_body))
@@ -138,7 +155,7 @@ def trainer_workload(
     name, sh, spec = tj.metadata.name, shape.spec, tj.spec
     names, labels = trainer_names(name), job_labels(name)
     mounts = StorageMounts()
-    cfg = trainer_config(tj, shape, default_storage, mounts)
+    cfg = trainer_config(tj, shape, default_storage, mounts, init)
     ckpt_uri = checkpoint_location(tj, default_storage)
     overrides = spec.pod_overrides
 
@@ -173,8 +190,9 @@ def trainer_workload(
         "name": CONTAINER,
         "image": sh.image or default_image,
         "command": trainer_command(str(spec.mode), sh.nodes, max(1, sh.gpus_per_node)),
-        "env": trainer_env(tj_body, tj, shape, ckpt_uri),
+        "env": trainer_env(tj_body, tj, shape, ckpt_uri, init),
         "resources": _resources(shape),
+        "ports": [{"name": "metrics", "containerPort": TRAINER_METRICS_PORT}],
         "volumeMounts": volume_mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {

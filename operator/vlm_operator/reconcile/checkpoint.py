@@ -41,6 +41,7 @@ from vlm_operator.builders.checkpoint import (
 from vlm_operator.builders.config import checkpoint_location
 from vlm_operator.builders.labels import PRUNED_ANNOTATION, without_status
 from vlm_operator.builders.storage import join_uri
+from vlm_operator.reconcile import best
 from vlm_operator.reconcile.job_status import job_condition, last_failure
 from vlm_operator.reconcile.serial import serial
 from vlm_operator.settings import Settings
@@ -50,14 +51,21 @@ log = logging.getLogger("vlm_operator.checkpoint")
 
 def wanted_promote(ck: dict[str, Any], tj: dict[str, Any] | None) -> dict[str, Any] | None:
     """The promote spec that applies (the Checkpoint's own, or its Succeeded job's for the
-    final checkpoint), or None when no promotion is wanted."""
+    final checkpoint, or the one it selected with promote.select best), or None when no
+    promotion is wanted."""
     if (ck["spec"].get("promote") or {}).get("outputModel"):
         return ck["spec"]["promote"]
-    if ck["spec"].get("final") and tj is not None:
-        succeeded = (tj.get("status") or {}).get("phase") == JobPhase.SUCCEEDED
-        if succeeded and (tj["spec"].get("promote") or {}).get("outputModel"):
-            return tj["spec"]["promote"]
-    return None
+    if tj is None or not (tj["spec"].get("promote") or {}).get("outputModel"):
+        return None
+    status = tj.get("status") or {}
+    if status.get("phase") != JobPhase.SUCCEEDED:
+        return None
+    if tj["spec"]["promote"].get("select") == "best":  # the one the TrainerJob chose
+        chosen = (status.get("selectedCheckpoint") or {}).get("checkpoint")
+        wanted = chosen == ck["metadata"]["name"] and best.owned_by(ck, tj)
+    else:
+        wanted = bool(ck["spec"].get("final"))
+    return tj["spec"]["promote"] if wanted else None
 
 
 def not_owned(ck: dict[str, Any], tj: dict[str, Any] | None, default_storage: str) -> str | None:
@@ -201,7 +209,7 @@ def _next_status(ck: dict[str, Any], settings: Settings) -> dict[str, Any] | Non
             Reason.MANIFEST_VERIFIED,
             f"{info.get('files', '?')} files match the manifest",
         )
-        out |= {"verified": True, "sizeBytes": info.get("sizeBytes")}
+        out |= {"verified": True, "sizeBytes": info.get("sizeBytes"), **best.eval_status(info)}
         phase = P.AVAILABLE
         out["phase"] = phase
     if phase not in (P.AVAILABLE, P.PROMOTING):

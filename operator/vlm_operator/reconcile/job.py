@@ -33,11 +33,13 @@ from vlm_operator.api import (
 )
 from vlm_operator.api.conditions import is_condition_true
 from vlm_operator.api.job import shape_violations
-from vlm_operator.builders.config import CONFIG_KEY, validate_for_trainer
+from vlm_operator.builders.config import CONFIG_KEY, InitWeights, validate_for_trainer
 from vlm_operator.builders.job import trainer_workload
 from vlm_operator.builders.labels import JOB_LABEL, TASK_LABEL, owner_ref, without_status
 from vlm_operator.builders.network import network_policy
 from vlm_operator.builders.rbac import trainer_rbac
+from vlm_operator.reconcile import best, init_from
+from vlm_operator.reconcile.init_from import InitSource
 from vlm_operator.reconcile.job_status import derive_status
 from vlm_operator.reconcile.serial import serial
 from vlm_operator.settings import Settings
@@ -63,7 +65,10 @@ def _not_admitted(tj: dict[str, Any], reason: str, message: str, terminal: bool)
 
 
 def admission(
-    tj: dict[str, Any], shape: dict[str, Any] | None, settings: Settings
+    tj: dict[str, Any],
+    shape: dict[str, Any] | None,
+    settings: Settings,
+    init: InitSource | None = None,
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """Pure: (status when the job cannot start, else None) and the children to create."""
     spec_shape = tj["spec"]["shape"]
@@ -80,9 +85,20 @@ def admission(
         shp = TrainingShape.model_validate(without_status(shape))
     except ValidationError as e:
         return _not_admitted(tj, Reason.INVALID_SPEC, str(e), True), []
-    if problems := shape_violations(job.spec, shp.spec, spec_shape):
+    problems = shape_violations(job.spec, shp.spec, spec_shape)
+    if init is not None:
+        problems += init_from.violations(
+            init, job.spec.hyperparameters.lora_rank, shape, spec_shape
+        )
+    if problems:
         return _not_admitted(tj, Reason.INVALID_SPEC, "; ".join(problems), True), []
-    workload = trainer_workload(tj, shape, settings.checkpoint_storage, settings.trainer_image)
+    weights = None
+    if init is not None:  # a LoRA source is merged into its own base when the trainer loads it
+        lora = init.type == "lora"
+        weights = InitWeights(init.adapter_base if lora else init.uri, init.uri if lora else None)
+    workload = trainer_workload(
+        tj, shape, settings.checkpoint_storage, settings.trainer_image, weights
+    )
     # The trainer's verdict on exactly the config file its pods will read (the ConfigMap).
     cfg = yaml.safe_load(workload[0]["data"][CONFIG_KEY])
     if error := validate_for_trainer(str(job.spec.mode), cfg):
@@ -136,6 +152,8 @@ def reconcile_job(namespace: str, name: str, settings: Settings) -> list[tuple[s
             return []
         result = _reconcile(tj, settings)
         metrics.RECONCILES.labels(kind="TrainerJob", result=result).inc()
+        if (tj["spec"].get("promote") or {}).get("select") == "best":
+            return _select_best(namespace, name)
         if result != "succeeded" or not tj["spec"].get("promote"):
             return []
         uid = tj["metadata"]["uid"]
@@ -146,6 +164,39 @@ def reconcile_job(namespace: str, name: str, settings: Settings) -> list[tuple[s
             and c["spec"].get("final")
             and uid in {r.get("uid") for r in c["metadata"].get("ownerReferences") or []}
         ]
+
+
+def _select_best(namespace: str, name: str) -> list[tuple[str, str]]:
+    """promote.select: best on a succeeded job: choose once (status.selectedCheckpoint and an
+    Event), then keep pointing the Checkpoint reconciler at the chosen one."""
+    tj = kube.get("TrainerJob", namespace, name)
+    status = (tj or {}).get("status") or {}
+    if tj is None or status.get("phase") != JobPhase.SUCCEEDED:
+        return []
+    chosen = status.get("selectedCheckpoint")
+    if not chosen:
+        chosen = best.choose(tj, kube.list_objects("Checkpoint", namespace))
+        if chosen is None:  # a snapshot is still being verified
+            return []
+        kube.merge_patch(
+            "TrainerJob", namespace, name, {"status": {"selectedCheckpoint": chosen}}, status=True
+        )
+        model = tj["spec"]["promote"]["outputModel"]
+        msg = f"promoting Checkpoint {chosen['checkpoint']} as {model}: {chosen['reason']}"
+        kube.post_event(tj, "Normal", Reason.CHECKPOINT_SELECTED, msg)
+    return [(namespace, chosen["checkpoint"])]
+
+
+def jobs_awaiting_selection(namespace: str, checkpoint: str) -> list[str]:
+    """The TrainerJob of ``checkpoint`` when it still has to choose its best checkpoint (a
+    verification that finishes may be what it waits for)."""
+    ck = kube.get("Checkpoint", namespace, checkpoint)
+    tj = ck and kube.get("TrainerJob", namespace, ck["spec"]["trainerJob"])
+    if not tj or (tj["spec"].get("promote") or {}).get("select") != "best":
+        return []
+    status = tj.get("status") or {}
+    waiting = status.get("phase") == JobPhase.SUCCEEDED and not status.get("selectedCheckpoint")
+    return [tj["metadata"]["name"]] if waiting else []
 
 
 def _reconcile(tj: dict[str, Any], settings: Settings) -> str:
@@ -168,7 +219,13 @@ def _reconcile(tj: dict[str, Any], settings: Settings) -> str:
             _patch_status(tj, _not_admitted(tj, Reason.JOB_DELETED, msg, True))
             return "job-deleted"
         shape = kube.get("TrainingShape", None, spec["shape"])
-        blocked, children = admission(tj, shape, settings)
+        init = None
+        if spec.get("initFrom"):
+            init = init_from.resolve(spec["initFrom"], kube.list_objects("Checkpoint", ns))
+            if isinstance(init, str):  # not there (or not verified) yet: wait for it
+                _patch_status(tj, _not_admitted(tj, Reason.INIT_FROM_NOT_READY, init, False))
+                return "blocked"
+        blocked, children = admission(tj, shape, settings, init)
         if blocked is not None:
             _patch_status(tj, blocked)
             return "blocked"
@@ -204,6 +261,7 @@ def _reconcile(tj: dict[str, Any], settings: Settings) -> str:
                 "phase": JobPhase.PENDING,
                 "shapeVersion": shape["status"]["version"],
                 "conditions": conds,
+                **({"initFrom": init.status()} if init else {}),
             },
         )
         if created:

@@ -9,6 +9,7 @@ records that truncation would drop are counted as ``skipped``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -77,8 +78,10 @@ def validate_file(
     renderer: Renderer | None = None,
     max_image_pixels: int = 50_000_000,
     max_issues: int = 1000,
+    reward: Callable | None = None,
 ) -> Summary:
-    """Check every line of ``path``; bad data never raises (see ``raise_if_invalid``)."""
+    """Check every line of ``path``; bad data never raises (see ``raise_if_invalid``). With
+    ``reward`` (RL), each prompt record must carry the fields the reward declares."""
     path = Path(path)
     summary = Summary(file=str(path), mode=mode)
     if not path.is_file():
@@ -95,6 +98,8 @@ def validate_file(
         )
         if record is not None and renderer is not None:
             issues = _render_issues(record, mode, renderer, path, line, tokens, weighted, summary)
+        if record is not None and reward is not None and mode == "rl":
+            issues = [*issues, *_reward_issues(record, reward, path, line)]
         if issues:
             summary.bad_records += 1
             room = max_issues - len(summary.issues)
@@ -103,6 +108,16 @@ def validate_file(
         summary.images += sum(len(c.images) for c in record.conversations)
     summary.tokens, summary.weighted_tokens = tokens.as_dict(), weighted.as_dict()
     return summary
+
+
+def _reward_issues(record, reward: Callable, path: Path, line: int) -> list[DataIssue]:
+    from ..rewards import missing_fields
+
+    name = getattr(reward, "__name__", "reward")
+    return [
+        DataIssue(str(path), line, "", f"{msg} ({name})")
+        for msg in missing_fields(reward, record.extra)
+    ]
 
 
 def _render_issues(record, mode, renderer, path, line, tokens, weighted, summary) -> list:

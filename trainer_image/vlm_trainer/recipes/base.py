@@ -9,7 +9,8 @@ A recipe subclasses ``Recipe`` and provides the mode-specific parts:
 - ``next_batches(samples)``: the micro-batches of one optimizer step (empty at epoch end);
 - ``train_step(micro, t0)``: forward/backward of those micro-batches, then
   ``self.optimizer_step()``; returns the step's metrics;
-- ``evaluate()`` (optional): eval metrics, reported and stored in the final manifest.
+- ``evaluate()`` (optional): eval metrics, computed at every snapshot and at the end,
+  reported and stored in the snapshot's manifest (``eval`` section, see ``selection.py``).
 
 The base class guarantees exact resume: weights (full model, or the LoRA adapter on top of the
 rebuilt base), optimizer, scheduler, every RNG and the data position ``(epoch, cursor)`` are
@@ -41,11 +42,13 @@ from ..model import (
     freeze_vision,
     load_model,
     load_processor,
+    merge_adapter,
     pick_device,
     pick_dtype,
     quiet_transformers,
 )
 from ..report import MultiReporter, build_reporter
+from ..selection import Direction, best_snapshot, eval_section
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
@@ -65,6 +68,8 @@ class Recipe:
     exists (a restarted pod of a finished job): there is nothing left to do."""
 
     mode = "base"
+    #: The eval metric ``kubectl get ckpt`` shows, and whether lower or higher is better.
+    headline_metric: tuple[str, Direction] = ("eval_loss", "min")
 
     def __init__(self, cfg: TrainConfig, reporter: MultiReporter | None = None):
         self.cfg = cfg
@@ -105,7 +110,9 @@ class Recipe:
         for path in (self.data_path, getattr(self, "eval_path", None)):
             if path is None:
                 continue
-            summary = validate_file(path, self.mode, self.renderer)
+            # RL: every prompt must carry what the reward compares against (rewards.requires).
+            reward = getattr(self, "reward_fn", None)
+            summary = validate_file(path, self.mode, self.renderer, reward=reward)
             summary.raise_if_invalid()
             if trainable is None:
                 trainable = summary.trainable
@@ -188,6 +195,8 @@ class Recipe:
         full_resume = self.resumed_from is not None and cfg.lora_rank == 0
         source = self.resumed_from if full_resume else cfg.base_model
         model = load_model(source, self.dtype, self.device)
+        if cfg.init_adapter and not full_resume:
+            model = merge_adapter(model, cfg.init_adapter)
         model.config.use_cache = False
         if cfg.lora_rank:
             model = apply_lora(model, cfg)
@@ -325,7 +334,9 @@ class Recipe:
                 self.last_metrics = metrics
                 every = cfg.save_every_steps
                 if every and self.step % every == 0 and self.step < self.total_steps:
-                    self.save_checkpoint(ckpt.step_name(self.step))
+                    # Every snapshot is evaluated (when there is an eval set), so snapshots
+                    # can be compared and the best one promoted (selection.py).
+                    self.save_checkpoint(ckpt.step_name(self.step), metrics=self.evaluate())
             else:
                 break  # reached total_steps inside the epoch
             self.epoch, self.cursor = self.epoch + 1, 0
@@ -413,15 +424,22 @@ class Recipe:
             "type": "lora" if cfg.lora_rank else "full",
             "lora_rank": cfg.lora_rank,
             "base_model": cfg.base_model,
+            **({"init_adapter": cfg.init_adapter} if cfg.init_adapter else {}),
             "metrics": {k: v for k, v in numbers.items() if isinstance(v, int | float)},
         }
+        if ev := eval_section(metrics or {}, self.step, *self.headline_metric):
+            manifest["eval"] = ev
         if not self.dist.is_main:  # this rank's part of the write; rank 0 does the rest
             dist_checkpoint.write_state(None, *state)
             self.dist.barrier()
             return self.root / name
         path, manifest = ckpt.write_checkpoint(self.root, name, write, manifest, self.step)
         self.reporter.on_checkpoint(path, self.step, manifest)
-        ckpt.prune(self.root, cfg.keep_last, self.reporter.may_prune)
+        keep = set()
+        if cfg.keep_best_metric:  # the snapshot promote.select: best will want
+            best = best_snapshot(self.root, cfg.keep_best_metric, cfg.keep_best_mode)
+            keep = {best} if best else set()
+        ckpt.prune(self.root, cfg.keep_last, self.reporter.may_prune, keep)
         self.dist.barrier()  # no rank moves on (or exits) before the checkpoint is whole
         return path
 

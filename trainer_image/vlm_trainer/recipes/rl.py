@@ -85,6 +85,7 @@ class RLRecipe(Recipe):
     """GRPO-style RL with verifiable rewards on image prompts."""
 
     mode = "rl"
+    headline_metric = ("eval_reward_mean", "max")
     cfg: RLConfig
 
     def setup(self) -> bool:

@@ -32,6 +32,7 @@ from ..config import ConfigError, SFTConfig, local_path
 from ..data.collate import collate, model_inputs
 from ..data.stream import RecordStream
 from ..data.validate import validate_file
+from ..evaluate import exact_match_accuracy, single_answer_records
 from ..losses import num_target_tokens, sft_loss, weighted_ce_sum, weighted_token_accuracy
 from ..report import MultiReporter
 from .base import Recipe, lr_factor, run
@@ -168,8 +169,23 @@ class SFTRecipe(Recipe):
             "eval_token_accuracy": totals["correct"] / max(totals["count"], 1),
             "eval_records": len(stream),
         }
+        if (exact := self._exact_match()) is not None:
+            metrics["eval_exact_match"] = exact
         self.reporter.on_eval(metrics)
         return metrics
+
+    def _exact_match(self) -> float | None:
+        """Greedy-answer exact match when every eval record has one assistant answer."""
+        if not hasattr(self, "_single_answers"):
+            self._single_answers = single_answer_records(self.eval_path)
+        if not self._single_answers:
+            return None
+        # FSDP: every rank generates until all are done (the ranks hold the same records).
+        # A KV cache for generation; training runs without one (config.use_cache is False).
+        gen = {"use_cache": True} | ({"synced_gpus": True} if self.dist.strategy == "fsdp" else {})
+        return exact_match_accuracy(
+            self.model, self.renderer, self._single_answers, self.cfg.batch_size, **gen
+        )
 
 
 def main(cfg: SFTConfig, reporter: MultiReporter | None = None) -> dict:
