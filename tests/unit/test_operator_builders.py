@@ -301,9 +301,13 @@ def test_network_policy_lets_only_the_jobs_own_pods_reach_the_rendezvous_port() 
     assert selector["vlmtrain.dev/trainer-job"] == "run1"
     assert selector["vlmtrain.dev/task"] == "train"
     assert policy["spec"]["policyTypes"] == ["Ingress"]
-    (rule,) = policy["spec"]["ingress"]
+    rule, metrics_rule = policy["spec"]["ingress"]
     assert rule["from"] == [{"podSelector": {"matchLabels": selector}}]  # same job, same namespace
     assert rule["ports"] == [{"protocol": "TCP", "port": 29500}]
+    # The scraper may come from anywhere, but only to the trainer's metrics port.
+    assert metrics_rule == {"ports": [{"protocol": "TCP", "port": 9400}]}
+    metrics_port = by_kind(children)["Job"]["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert metrics_port == [{"name": "metrics", "containerPort": 9400}]
     # ... which is the port torchrun rendezvouses on (4 GPUs: torchrun with MASTER_PORT).
     container = by_kind(children)["Job"]["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "MASTER_PORT", "value": "29500"} in container["env"]
