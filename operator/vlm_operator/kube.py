@@ -56,6 +56,8 @@ KINDS: dict[str, tuple[str, str, bool]] = {
 #: (kind[/subresource]) -> the verbs the operator uses on it: everything `_request` lets through.
 #: Server-side apply and merge/JSON patches are `patch` (an apply of an absent object creates
 #: it, so applied kinds need `create` too); a GET without a name is `list`.
+# Children are read before they are written: `apply`/`create` only touch an object whose
+# controller is the TrainerJob (by UID), so `get` comes with every child kind.
 ACCESS: dict[str, frozenset[str]] = {
     "TrainingShape": frozenset({"get", "list"}),
     "TrainingShape/status": frozenset({"patch"}),
@@ -65,12 +67,12 @@ ACCESS: dict[str, frozenset[str]] = {
     "Checkpoint/status": frozenset({"patch"}),
     "Job": frozenset({"get", "create", "patch"}),  # patch: suspend/resume
     "Pod": frozenset({"list"}),
-    "ConfigMap": frozenset({"create", "patch"}),
-    "Service": frozenset({"create", "patch"}),
-    "ServiceAccount": frozenset({"create", "patch"}),
-    "Role": frozenset({"create", "patch"}),
-    "RoleBinding": frozenset({"create", "patch"}),
-    "NetworkPolicy": frozenset({"create", "patch"}),
+    "ConfigMap": frozenset({"get", "create", "patch"}),
+    "Service": frozenset({"get", "create", "patch"}),
+    "ServiceAccount": frozenset({"get", "create", "patch"}),
+    "Role": frozenset({"get", "create", "patch"}),
+    "RoleBinding": frozenset({"get", "create", "patch"}),
+    "NetworkPolicy": frozenset({"get", "create", "patch"}),
     "Event": frozenset({"create"}),
     "Lease": frozenset({"get", "create", "update"}),
 }

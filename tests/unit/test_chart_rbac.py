@@ -78,7 +78,9 @@ _JOB = {
 }
 #: What the operator grants each job's trainer in the Role it creates (resourceNames aside).
 PER_JOB_ROLE: Access = role_access(next(o for o in trainer_rbac(_JOB) if o["kind"] == "Role"))
-NETWORK_POLICY: Access = grants(("networking.k8s.io", ["networkpolicies"], ["create", "patch"]))
+NETWORK_POLICY: Access = grants(
+    ("networking.k8s.io", ["networkpolicies"], ["get", "create", "patch"])
+)
 #: The operator's whole cluster-wide API use, derived as the module doc says.
 OPERATOR: Access = kube_access(lease=False) | kopf_access() | PER_JOB_ROLE
 LEASE: Access = kube_access(lease=True)
@@ -206,3 +208,21 @@ def test_binding_gives_the_role_to_the_operator_service_account(
 def test_rbac_can_be_left_to_the_cluster_admin(tmp_path: Path) -> None:
     docs = template(tmp_path, {"rbac": {"create": False}})
     assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+
+
+def test_every_child_kind_may_be_read_created_and_applied() -> None:
+    """kube.apply reads a child before writing it (ownership by UID), creates it when absent
+    and server-side applies it otherwise: ACCESS must allow all three for every kind that
+    admission makes (a missing verb fails only at run time, inside a reconcile)."""
+    from vlm_operator.reconcile.job import admission
+    from vlm_operator.settings import Settings
+
+    from tests.unit.manifests import SHAPE, TJ
+
+    blocked, children = admission(TJ, SHAPE, Settings(network_policy=True))
+    assert blocked is None, blocked
+    kinds = {c["kind"] for c in children} - {"Job"}  # the Job is created once, never applied
+    assert {"ConfigMap", "Role", "RoleBinding", "ServiceAccount", "NetworkPolicy"} <= kinds
+    for kind in kinds:
+        assert {"get", "create", "patch"} <= kube.ACCESS[kind], kind
+    assert {"get", "create"} <= kube.ACCESS["Job"]
