@@ -102,3 +102,4 @@ def test_no_targets_still_gives_zero_gradients():
 def test_auto_chunk_bounds_the_logits():
     assert cl.auto_chunk(151_936) * 151_936 <= cl.CHUNK_ELEMENTS
     assert cl.auto_chunk(151_936) >= 1 and cl.auto_chunk(10**9) == 1
+    assert cl.auto_chunk(151_936, "cuda") * 151_936 <= cl.CUDA_CHUNK_ELEMENTS

@@ -19,9 +19,10 @@ model). Everything here is pure: tensors in, tensors out. ``scale`` multiplies t
 uses ``1 / temperature``). A model with a bias or a logit soft-cap on its head is not
 supported (the Qwen-VL models have neither).
 
-``chunk`` (positions per chunk) defaults to ``auto_chunk(V)``: about 2**22 logits (16 MiB of
-float32) per chunk, so 27 positions at V = 151,936 and the whole batch for the tiny model's
-small vocabulary.
+``chunk`` (positions per chunk) defaults to ``auto_chunk(V, device)``: about 2**22 logits
+(16 MiB of float32) per chunk on CPU, so 27 positions at V = 151,936 and the whole batch for the
+tiny model's small vocabulary; 2**26 (256 MiB, 441 positions) on CUDA, where a matmul needs a
+few hundred rows to run at speed (``memory_model.py`` counts this chunk).
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from __future__ import annotations
 import torch
 
 CHUNK_ELEMENTS = 2**22
+CUDA_CHUNK_ELEMENTS = 2**26
 
 
-def auto_chunk(vocab_size: int, elements: int = CHUNK_ELEMENTS) -> int:
-    """Positions per chunk so that one chunk's logits hold about ``elements`` values."""
+def auto_chunk(vocab_size: int, device: torch.device | str = "cpu") -> int:
+    """Positions per chunk so that one chunk's logits hold about 2**22 values (2**26 on CUDA)."""
+    elements = CUDA_CHUNK_ELEMENTS if torch.device(device).type == "cuda" else CHUNK_ELEMENTS
     return max(1, elements // max(vocab_size, 1))
 
 
@@ -99,7 +102,7 @@ def selected_logprobs(
 ) -> torch.Tensor:
     """Log-probs ``(N,)`` of the tokens ``input_ids[rows, cols + 1]`` given the hidden states
     ``hidden[rows, cols]`` (see ``target_positions``)."""
-    chunk = chunk or auto_chunk(weight.shape[0])
+    chunk = chunk or auto_chunk(weight.shape[0], hidden.device)
     h = hidden[rows, cols]
     targets = input_ids[rows, cols + 1]
     return ChunkedLogprobs.apply(h, weight, targets, float(scale), int(chunk))
@@ -173,7 +176,7 @@ def weighted_token_accuracy(
 ) -> tuple[int, int]:
     """``(correct, total)`` greedy next-token predictions over the weighted tokens (eval)."""
     rows, cols = target_positions(weights)
-    chunk = chunk or auto_chunk(weight.shape[0])
+    chunk = chunk or auto_chunk(weight.shape[0], hidden.device)
     h, targets = hidden[rows, cols], input_ids[rows, cols + 1]
     correct = 0
     for s in range(0, h.shape[0], chunk):
