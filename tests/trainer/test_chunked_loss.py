@@ -186,3 +186,14 @@ def test_vocab_size_appends_tokens_and_keeps_the_encoding(model_dir, tiny_model)
     assert big.convert_tokens_to_ids("<|extra_1999|>") == 1999
     cfg = AutoConfig.from_pretrained(model_dir).text_config
     assert cfg.vocab_size == 2000 and cfg.max_position_embeddings >= 8192
+
+
+def test_liger_loss_without_cuda_is_a_config_error(tmp_path, tiny_model, demo_data):
+    """``loss_kernel: liger`` needs CUDA and liger-kernel: refused before any model loads."""
+    from vlm_trainer.config import ConfigError, SFTConfig
+    from vlm_trainer.recipes.sft import SFTRecipe
+
+    cfg = SFTConfig(base_model=str(tiny_model), dataset=str(demo_data / "sft_eval.jsonl"),
+                    log_path=str(tmp_path / "log"), device="cpu", loss_kernel="liger")  # fmt: skip
+    with pytest.raises(ConfigError, match="loss_kernel: liger needs CUDA"):
+        SFTRecipe(cfg).setup()

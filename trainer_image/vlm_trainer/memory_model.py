@@ -8,9 +8,10 @@ sequence of ``L`` tokens per micro-batch, ``P`` parameters:
 - states: bf16 weights ``2P/G``; full fine-tuning adds bf16 gradients ``2P/G`` and AdamW's two
   bf16 moments ``4P/G`` (the trainer keeps optimizer state in the parameter dtype); LoRA adds
   16 bytes per adapter parameter, unsharded, and keeps the frozen base sharded;
-- unsharded working set: the root unit (embedding + output head, bf16) stays gathered from
-  forward to the end of backward, plus two decoder layers (the one running, the one being
-  prefetched) and the output head's bf16 gradient;
+- unsharded working set (``G > 1``): the root unit (embedding + output head, bf16) stays
+  gathered from forward to the end of backward, plus two decoder layers (the one running, the
+  one being prefetched) and the output head's bf16 gradient; nothing for one process, which
+  the trainer does not wrap;
 - activations with gradient checkpointing: every layer's input ``L x h`` (bf16) kept, plus one
   layer recomputed in backward: ``L x (A_h h + A_i i)`` bf16 values (attention by a fused
   kernel, so no ``L x L`` matrix; ``A_h``, ``A_i`` below, counted from the Qwen3 decoder layer);
@@ -100,7 +101,9 @@ def predict(a: Architecture, s: Setup) -> dict[str, float]:
     else:
         states = 8 * a.parameters / s.gpus
         head_grad = 2 * V * h
-    working = 2 * heads + 2 * 2 * layer + head_grad
+    # One process is not wrapped (distributed.py): no gathered copies, the head's gradient
+    # is already among the states.
+    working = 2 * heads + 2 * 2 * layer + head_grad if s.gpus > 1 else 0.0
     checkpoints = 2 * L * h * a.layers
     recompute = 2 * L * (A_H * h + A_I * i)
     image = L // 4 if s.image_tokens is None else s.image_tokens
@@ -109,7 +112,7 @@ def predict(a: Architecture, s: Setup) -> dict[str, float]:
     vision += 2 * patches * (A_H * hv + A_I * a.vision_intermediate)  # one block recomputed
     vision += 2 * image * h * 4  # merged features + 3 DeepStack levels
     targets = int(L * s.target_fraction)
-    chunk = max(1, CUDA_CHUNK_ELEMENTS // V)
+    chunk = max(1, min(targets, CUDA_CHUNK_ELEMENTS // V))
     chunked = 2 * targets * h + 2 * L * h + 4 * chunk * V * CHUNK_LOGIT_COPIES
     chunked += 0 if s.lora_rank else 4 * V * h  # float32 accumulator of the head's gradient
     full = 16 * L * V

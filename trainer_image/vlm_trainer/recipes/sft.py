@@ -30,6 +30,7 @@ import time
 
 import torch
 
+from .. import liger
 from ..chunked_loss import sft_loss, weighted_ce_sum, weighted_token_accuracy
 from ..config import ConfigError, SFTConfig, local_path
 from ..data.collate import collate, model_inputs
@@ -54,6 +55,8 @@ class SFTRecipe(Recipe):
         self.prepare_runtime()
         self.data_path = local_path(cfg.dataset)
         self.eval_path = local_path(cfg.eval_dataset) if cfg.eval_dataset else None
+        if cfg.loss_kernel == "liger" and not liger.available(self.device):
+            raise ConfigError("loss_kernel: liger needs CUDA and liger-kernel (the gpu extra)")
         trainable = self._validate_data()  # before any model is loaded
         self.stream = RecordStream(self.data_path, self.renderer, seed=cfg.seed)
         if not self.find_resume_point():
@@ -110,7 +113,11 @@ class SFTRecipe(Recipe):
             with self.dist.accumulate(self.train_model, last=i == len(micro) - 1):
                 hidden, head = forward_hidden(self.train_model, inputs)
                 w = batch["weights"].to(self.device)
-                loss = sft_loss(hidden, head, inputs["input_ids"], w, denom)
+                if self.cfg.loss_kernel == "liger":
+                    total, _ = liger.weighted_ce_sum(hidden, head, inputs["input_ids"], w)
+                    loss = total / max(float(denom), 1.0)
+                else:
+                    loss = sft_loss(hidden, head, inputs["input_ids"], w, denom)
                 loss.backward()
             loss_total += loss.detach()
             tokens += int(batch["attention_mask"].sum())
