@@ -19,6 +19,9 @@ model). Everything here is pure: tensors in, tensors out. ``scale`` multiplies t
 uses ``1 / temperature``). A model with a bias or a logit soft-cap on its head is not
 supported (the Qwen-VL models have neither).
 
+Packed rows (several samples in one row) need nothing more: a sample's first token is never a
+target (weight 0: it is ``<|im_start|>``), so no target is predicted across a sample boundary.
+
 ``chunk`` (positions per chunk) defaults to ``auto_chunk(V, device)``: about 2**22 logits
 (16 MiB of float32) per chunk on CPU, so 27 positions at V = 151,936 and the whole batch for the
 tiny model's small vocabulary; 2**26 (256 MiB, 441 positions) on CUDA, where a matmul needs a
