@@ -80,7 +80,8 @@ class ChunkedLogprobs(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         for s in range(0, h.shape[0], ctx.chunk):
             hc, g = h[s : s + ctx.chunk], grad_out[s : s + ctx.chunk].float()
-            probs = torch.softmax(_chunk_logits(hc, weight, ctx.scale), dim=-1)
+            logits = _chunk_logits(hc, weight, ctx.scale)
+            probs = logits.sub_(torch.logsumexp(logits, -1, keepdim=True)).exp_()  # in place
             # dlogits = g * (onehot(target) - softmax), times d logits / d (h @ W.T) = scale.
             dlogits = probs.mul_(-g.unsqueeze(-1))
             dlogits.scatter_add_(-1, targets[s : s + ctx.chunk].unsqueeze(-1), g.unsqueeze(-1))
