@@ -3,8 +3,11 @@
 Builds ``Qwen3VLForConditionalGeneration`` from a ``Qwen3VLConfig`` with the released 8B sizes
 (text: 36 layers, hidden 4096, MLP 12288, 32 heads / 8 KV heads, vocab 151936; vision: 27
 blocks, hidden 1152, patch 16, merge 2, DeepStack at 8/16/24), bf16, SDPA attention, gradient
-checkpointing; runs SFT steps (the trainer's ``sft_loss``, AdamW) on synthetic image+text
-sequences and prints one JSON line: tokens/s, step time, peak memory, MFU.
+checkpointing; runs SFT steps (AdamW) on synthetic image+text sequences with the trainer's
+loss: the chunked hidden-state loss (``chunked_loss.py``), Liger's fused linear cross-entropy
+(``--liger``, default when installed on CUDA) or the old full-logits loss (``--full-logits``),
+and prints one JSON line: tokens/s, step time, peak memory, MFU, and the memory model's
+prediction (``vlm_trainer/memory_model.py``, one process: nothing sharded) next to the peak.
 
 Full fine-tuning of 8.8B parameters needs ~70 GiB for weights, gradients and bf16 AdamW states
 alone, so by default it runs full FT on cards with >= 120 GiB (H200) and LoRA rank 64 on the
@@ -14,7 +17,11 @@ language model otherwise (H100 80 GB); ``--lora-rank`` forces either. MFU counts
 peak (989 TFLOP/s for H100/H200 SXM; ``--peak-tflops`` to override).
 
     python benchmarks/gpu_qwen3vl_8b.py                 # on the GPU; < 5 minutes
+    python benchmarks/gpu_qwen3vl_8b.py --seq-len 65536 --steps 3 --no-liger   # the 65k shape
     python benchmarks/gpu_qwen3vl_8b.py --tiny          # CPU smoke test of the same code path
+
+Packing several samples into the row (``--packed``) is the data side of issue 15 and is not
+in this script yet.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer_image"))
-from vlm_trainer.losses import num_target_tokens, sft_loss
+from vlm_trainer import chunked_loss, liger, losses
+from vlm_trainer.head import forward_hidden
+from vlm_trainer.memory_model import Architecture, Setup, predict
 
 
 def qwen3vl_8b_config(tiny: bool):
@@ -119,6 +128,13 @@ def main() -> None:
     ap.add_argument("--lora-rank", type=int, default=None, help="0 = full FT; default by memory")
     ap.add_argument("--no-grad-ckpt", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument(
+        "--liger",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Liger's fused linear cross-entropy (default: when installed, on CUDA)",
+    )
+    ap.add_argument("--full-logits", action="store_true", help="the old (L, V) logits loss")
     args = ap.parse_args()
     t_start = time.perf_counter()
 
@@ -158,11 +174,20 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
     batch = synthetic_batch(cfg, args.seq_len, args.image_size, args.batch, device)
     weights, patches = batch.pop("weights"), batch.pop("patches")
-    denom = num_target_tokens(weights)
+    denom = losses.num_target_tokens(weights)
+    use_liger = liger.available(device) if args.liger is None else args.liger
+    loss_name = "full_logits" if args.full_logits else ("liger" if use_liger else "chunked")
 
     def step() -> float:
-        logits = model(**batch).logits
-        loss = sft_loss(logits, batch["input_ids"], weights, denom)
+        ids = batch["input_ids"]
+        if args.full_logits:
+            loss = losses.sft_loss(model(**batch).logits, ids, weights, denom)
+        else:
+            hidden, head = forward_hidden(model, batch)
+            if use_liger:
+                loss = liger.weighted_ce_sum(hidden, head, ids, weights)[0] / denom
+            else:
+                loss = chunked_loss.sft_loss(hidden, head, ids, weights, denom)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -189,17 +214,28 @@ def main() -> None:
     attn = 6 * t.num_hidden_layers * t.num_attention_heads * t.head_dim * args.seq_len  # causal
     flops = tokens * (k_text * (n_text - n_embed) + attn) + patches * k_vis * n_vis
     peak = peak_flops(card, args.peak_tflops) if cuda else None
+    image_tokens = int(batch["mm_token_type_ids"].sum()) // args.batch
+    arch = Architecture(n_text + n_vis, t.hidden_size, t.intermediate_size, t.num_hidden_layers,
+                        t.vocab_size, vision_hidden=cfg.vision_config.hidden_size,
+                        vision_intermediate=cfg.vision_config.intermediate_size,
+                        vision_depth=cfg.vision_config.depth)  # fmt: skip
+    predicted = predict(arch, Setup(args.seq_len * args.batch, 1, lora, image_tokens * args.batch,
+                                    chunked_loss=not args.full_logits))  # fmt: skip
     result = {
         "card": card,
         "mode": f"lora r={lora}" if lora else "full",
         "params_b": round((n_text + n_vis) / 1e9, 3),
         "seq_len": args.seq_len,
-        "image_tokens": int(batch["mm_token_type_ids"].sum()) // args.batch,
+        "image_tokens": image_tokens,
+        "loss_kernel": loss_name,
         "batch": args.batch,
         "grad_ckpt": not args.no_grad_ckpt,
         "step_time_s": round(step_s, 3),
         "tokens_per_s": round(tokens / step_s, 1),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
+        "predicted_peak_gib": predicted["total"],
+        "predicted_terms_gib": predicted,
         "mfu": round(flops / step_s / peak, 4) if peak else None,
         "loss": round(loss, 4),
         "wall_s": round(time.perf_counter() - t_start, 1),

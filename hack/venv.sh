@@ -25,7 +25,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if [ "$(cat "$venv/.deps-hash" 2>/dev/null)" != "$deps_hash" ]; then
   echo "[venv] installing dependencies into $venv" >&2
-  "$venv/bin/pip" install --quiet -e "$top[trainer,operator,dev]"
+  "$venv/bin/pip" install --quiet -e "$top[trainer,operator,dev,plot]"
   echo "$deps_hash" > "$venv/.deps-hash"
 fi
 if ! "$venv/bin/python" - "$top" <<'PY' 2>/dev/null

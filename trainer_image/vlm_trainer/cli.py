@@ -5,7 +5,7 @@ Subcommands::
     vlm-trainer sft --config cfg.yaml [key=value ...]     train (or resume) with the SFT recipe
     vlm-trainer eval --model DIR --data FILE              exact-match accuracy, JSON report
     vlm-trainer validate-data FILE [--mode sft|dpo|rl]    list bad lines, or summarise the file
-    vlm-trainer make-tiny-model DIR                       offline tiny Qwen3-VL for tests/demo
+    vlm-trainer make-tiny-model DIR [--vocab-size N]      offline tiny Qwen3-VL for tests/demo
     vlm-trainer make-demo-data DIR                        synthetic SFT/DPO/RL image datasets
     vlm-trainer verify-checkpoint DIR                     re-hash a checkpoint (operator Job)
     vlm-trainer promote --checkpoint DIR --output DIR     standalone HF model (operator Job)
@@ -166,7 +166,7 @@ def cmd_make_tiny_model(args) -> int:
     from .tiny import make_tiny_model
 
     quiet_transformers()
-    print(make_tiny_model(args.dir, seed=args.seed))
+    print(make_tiny_model(args.dir, seed=args.seed, vocab_size=args.vocab_size))
     return EXIT_OK
 
 
@@ -301,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("make-tiny-model", help="build the offline tiny Qwen3-VL")
     t.add_argument("dir")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--vocab-size", type=int, default=320, help="tokens (>= 320; Qwen3-VL's is 151936)"
+    )
     t.set_defaults(func=cmd_make_tiny_model)
 
     d = sub.add_parser("make-demo-data", help="write synthetic colour datasets")

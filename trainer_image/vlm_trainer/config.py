@@ -101,6 +101,11 @@ class TrainConfig(BaseModel):
     )
     freeze_vision: bool = False
     gradient_checkpointing: bool = False
+    loss_kernel: Literal["torch", "liger"] = Field(
+        "torch",
+        description="SFT loss: torch = chunked_loss.py (any device); liger = Liger Kernel's "
+        "fused linear cross-entropy (CUDA and the gpu extra only; see liger.py).",
+    )
 
     # Checkpoints and runtime.
     save_every_steps: int = Field(0, ge=0, description="0 = only the final checkpoint.")

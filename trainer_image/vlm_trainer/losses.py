@@ -6,6 +6,9 @@ Conventions shared by every recipe:
   ``data/render.py``); the logits at position ``t - 1`` predict it, so every function here
   shifts by one: ``logits[:, :-1]`` against ``input_ids[:, 1:]`` weighted by ``weights[:, 1:]``.
 - Log-probabilities and cross-entropy are computed in float32 whatever the model dtype.
+- The recipes do not call the logits functions here: they use their hidden-state versions in
+  ``chunked_loss.py`` (same names, same values; no full-vocabulary logits), which the tests
+  compare against these. The DPO and RL functions below work on log-probs and are shared.
 
 SFT loss (what ``recipes/sft.py`` optimises): the *summed* weighted token cross-entropy of all
 micro-batches of one optimizer step divided by the number of weighted tokens in that whole

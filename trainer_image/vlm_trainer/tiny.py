@@ -8,6 +8,13 @@ exercise the same code path as production, with no network:
   hidden, patch 16, spatial merge 2 (a 64x64 image becomes 4 image tokens); ~220k parameters;
 - tokenizer: byte-level BPE (Qwen2's pre-tokenizer regex) trained on a small built-in corpus,
   with the Qwen special tokens, wrapped as ``Qwen2Tokenizer``;
+- ``--vocab-size N`` (``make_tiny_model(vocab_size=N)``; at least the trained 320): the same
+  tokenizer with ``N - 320`` tokens appended as plain vocabulary entries (``<|extra_i|>``, ids
+  320 ..; no merge produces them, so every text encodes exactly as with 320), and a model whose
+  embedding and output head have ``N`` rows. ``--vocab-size 151936`` is Qwen3-VL's vocabulary:
+  the loss's memory at the real vocabulary, measurable on CPU;
+- positions: rotary, nothing learned per position; ``max_position_embeddings`` is 8,192 so the
+  config says 8,192-token sequences are in range (``max_seq_len`` up to 8192);
 - processor: ``Qwen3VLProcessor`` with the Qwen2-VL image processor (pixels 32x32 .. 512x512)
   and a chat template with the same shape as Qwen3-VL-Instruct's (``<|im_start|>role\\n ...
   <|im_end|>\\n``; images as ``<|vision_start|><|image_pad|><|vision_end|>``).
@@ -57,8 +64,13 @@ _CORPUS = [
 ]
 
 
-def build_tokenizer(vocab_size: int = 320):
-    """Train the byte-level BPE offline and wrap it as a ``Qwen2Tokenizer``."""
+TRAINED_VOCAB = 320
+MAX_POSITIONS = 8192
+
+
+def build_tokenizer(vocab_size: int = TRAINED_VOCAB):
+    """Train the byte-level BPE offline (320 tokens) and wrap it as a ``Qwen2Tokenizer``, with
+    plain vocabulary entries appended up to ``vocab_size``."""
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
     from tokenizers.models import BPE
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
@@ -73,7 +85,7 @@ def build_tokenizer(vocab_size: int = 320):
     )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=TRAINED_VOCAB,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -81,9 +93,19 @@ def build_tokenizer(vocab_size: int = 320):
     tok.train_from_iterator(_CORPUS * 4, trainer)
     model = json.loads(tok.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    model["vocab"] = append_tokens(model["vocab"], vocab_size)
     return Qwen2Tokenizer(
         vocab=model["vocab"], merges=merges, extra_special_tokens=SPECIAL_TOKENS[1:]
     )
+
+
+def append_tokens(vocab: dict[str, int], size: int) -> dict[str, int]:
+    """``vocab`` with ``<|extra_i|>`` entries appended (ids ``len(vocab)`` ..) up to ``size``.
+    Not added tokens: the tokenizer keeps one BPE model, no trie of 150k added tokens."""
+    if size < len(vocab):
+        raise ValueError(f"vocab size {size} is below the trained tokenizer's {len(vocab)}")
+    extra = {f"<|extra_{i}|>": i for i in range(len(vocab), size)}
+    return {**vocab, **extra}
 
 
 def build_processor(tokenizer):
@@ -120,7 +142,7 @@ def build_model(tokenizer, seed: int = 0):
             "num_attention_heads": 4,
             "num_key_value_heads": 2,
             "head_dim": 16,
-            "max_position_embeddings": 4096,
+            "max_position_embeddings": MAX_POSITIONS,
             # 8 rotary frequencies per head split over (t, h, w), interleaved as in Qwen3-VL.
             "rope_parameters": {
                 "rope_type": "default",
@@ -156,14 +178,14 @@ def build_model(tokenizer, seed: int = 0):
     return model
 
 
-def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+def make_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = TRAINED_VOCAB) -> Path:
     """Build and save the tiny model, tokenizer and processor into ``out_dir``."""
     from transformers.utils import logging
 
     logging.disable_progress_bar()  # no "Writing model shards" bar in test and demo logs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(vocab_size)
     build_processor(tokenizer).save_pretrained(out)
     build_model(tokenizer, seed=seed).save_pretrained(out)
     return out

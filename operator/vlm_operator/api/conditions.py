@@ -72,6 +72,7 @@ class Reason(StrEnum):
     # TrainingShape Ready
     VALID = "Valid"
     INVALID_SPEC = "InvalidSpec"  # also TrainerJob Admitted=False / Failed
+    DOES_NOT_FIT = "DoesNotFit"
     # TrainerJob Admitted
     SHAPE_NOT_FOUND = "ShapeNotFound"
     SHAPE_NOT_READY = "ShapeNotReady"
@@ -117,6 +118,9 @@ REASON_HELP: dict[Reason, str] = {
     "the shape's maxLoraRank, a mode the shape does not allow, maxSeqLen above maxContext), "
     "or the trainer refused its config (exit code 78, for example a base model path that does "
     "not exist); the message names the field. Fix the spec or the shape; it is not retried.",
+    Reason.DOES_NOT_FIT: "The memory model (docs/memory-model.md) predicts that training at "
+    "maxContext does not fit gpuMemory (the message has the per-GPU GiB by term). Add GPUs, "
+    "lower maxContext, set allowFullFineTune false or lower maxLoraRank.",
     Reason.SHAPE_NOT_FOUND: "spec.shape names no TrainingShape. Create it (kubectl get ts); the "
     "job is admitted by itself once it exists.",
     Reason.SHAPE_NOT_READY: "The TrainingShape exists but is not Ready; see its conditions.",

@@ -58,6 +58,19 @@ class PullPolicy(StrEnum):
     NEVER = "Never"
 
 
+class ModelSize(ApiModel):
+    """Architecture numbers of the base model, for the memory model (docs/memory-model.md)."""
+
+    parameters: int = Field(..., ge=1, description="Every parameter, vision tower included.")
+    hidden_size: int = Field(..., ge=1, description="The language model's hidden size.")
+    intermediate_size: int = Field(..., ge=1, description="The language model's MLP width.")
+    layers: int = Field(..., ge=1, description="Decoder layers of the language model.")
+    vocab_size: int = Field(..., ge=1, description="Rows of the output embedding.")
+    tied_embeddings: bool = Field(
+        False, description="Whether the output head shares the input embedding's weights."
+    )
+
+
 _GPU_NOT_IN_RESOURCES = (
     "resources must not set the GPU resource (gpuResource); GPUs come from gpusPerNode"
 )
@@ -152,6 +165,18 @@ class TrainingShapeSpec(ApiModel):
         True,
         description="Whether jobs may set loraRank 0 (train every weight); turn off when full "
         "fine-tuning does not fit the GPUs.",
+    )
+    gpu_memory: Quantity | None = Field(
+        None,
+        description="Memory of one GPU (for example 80Gi). When set, the operator checks with "
+        "its memory model (docs/memory-model.md) that training at maxContext fits: full "
+        "fine-tuning when allowFullFineTune, else LoRA at maxLoraRank; the shape is "
+        "Ready=False/DoesNotFit, with the numbers, when it does not.",
+    )
+    model_size: ModelSize | None = Field(
+        None,
+        description="Architecture numbers of baseModel for the memory check; defaults to the "
+        "operator's table of known Qwen3-VL ids. Without either, the check is skipped.",
     )
     modes: Annotated[
         list[Mode],

@@ -1,6 +1,7 @@
 """TrainingShape: validate, stamp `status.version` (a hash of the spec), set Ready.
 
-A shape that fails the model's validation (which mirrors the CRD's) is Ready=False/InvalidSpec.
+A shape that fails the model's validation (which mirrors the CRD's) is Ready=False/InvalidSpec;
+one whose GPUs the memory model says are too small (``shape_fit.py``) is Ready=False/DoesNotFit.
 When the status changes, returns the TrainerJobs waiting for this shape, so the caller can
 reconcile them at once instead of waiting for the resync timer.
 """
@@ -16,6 +17,7 @@ from vlm_operator import kube, metrics
 from vlm_operator.api import ConditionType, Reason, TrainingShape, new_condition, set_condition
 from vlm_operator.api.shape import shape_version
 from vlm_operator.builders.labels import without_status
+from vlm_operator.reconcile.shape_fit import does_not_fit
 
 log = logging.getLogger("vlm_operator.shape")
 
@@ -32,6 +34,12 @@ def desired_status(body: dict[str, Any]) -> dict[str, Any]:
         )
         cond = new_condition(
             ConditionType.READY, False, Reason.INVALID_SPEC, msg, observed_generation=gen
+        )
+        return {"observedGeneration": gen, "conditions": set_condition(old, cond)}
+    too_big = does_not_fit(shape.spec)
+    if too_big:
+        cond = new_condition(
+            ConditionType.READY, False, Reason.DOES_NOT_FIT, too_big, observed_generation=gen
         )
         return {"observedGeneration": gen, "conditions": set_condition(old, cond)}
     cond = new_condition(

@@ -45,10 +45,12 @@ from pathlib import Path
 
 import torch
 
+from ..chunked_loss import sequence_logprobs
 from ..config import DPOConfig, local_path
 from ..data.collate import collate, model_inputs
 from ..data.stream import Pair, RecordStream
-from ..losses import dpo_losses, sequence_logprobs
+from ..head import forward_hidden
+from ..losses import dpo_losses
 from ..report import MultiReporter
 from .base import Recipe, run
 from .reference import Reference
@@ -63,8 +65,8 @@ def pair_logprobs(model, renderer, pairs: list[Pair], device) -> tuple[torch.Ten
     samples = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     batch = collate(samples, renderer.pad_token_id, renderer.image_token_id)
     inputs = model_inputs(batch, device)
-    logits = model(**inputs).logits
-    seq = sequence_logprobs(logits, inputs["input_ids"], batch["weights"].to(device))
+    hidden, head = forward_hidden(model, inputs)  # no full-vocabulary logits (chunked_loss.py)
+    seq = sequence_logprobs(hidden, head, inputs["input_ids"], batch["weights"].to(device))
     n = len(pairs)
     return seq[:n], seq[n:], int(batch["attention_mask"].sum())
 

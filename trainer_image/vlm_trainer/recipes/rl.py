@@ -58,11 +58,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..chunked_loss import token_logprobs
 from ..config import ConfigError, RLConfig, local_path
 from ..data.collate import collate, model_inputs
 from ..data.render import Rendered
 from ..data.stream import Prompt, RecordStream
-from ..losses import group_advantages, k3_kl, ppo_clip_token_loss, token_logprobs
+from ..head import forward_hidden
+from ..losses import group_advantages, k3_kl, ppo_clip_token_loss
 from ..report import MultiReporter
 from ..rewards import RewardError, load_reward
 from ..rollout import RolloutStats, rollout, sample_seed
@@ -136,9 +138,12 @@ class RLRecipe(Recipe):
         return torch.tensor(scores, dtype=torch.float32)
 
     def _logprobs(self, model, batch: dict) -> torch.Tensor:
+        """``(B, L-1)`` token log-probs at the sampling temperature, computed at the completion
+        tokens only (0 elsewhere; the loss masks them), in chunks (``chunked_loss.py``)."""
         inputs = model_inputs(batch, self.device)
-        logits = model(**inputs).logits / self.cfg.temperature
-        return token_logprobs(logits, inputs["input_ids"])
+        hidden, head = forward_hidden(model, inputs)
+        w = batch["weights"].to(self.device)
+        return token_logprobs(hidden, head, inputs["input_ids"], w, 1.0 / self.cfg.temperature)
 
     def _prompt_share(self, prompts: list[Prompt]) -> list[Prompt]:
         """This rank's prompts of one global micro-batch (all of them for one process). Copies

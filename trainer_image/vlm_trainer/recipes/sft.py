@@ -16,7 +16,9 @@ Assumed and guaranteed:
 - ``batch_size`` is sequences per forward pass; one optimizer step consumes
   ``batch_size * gradient_accumulation_steps`` records (the last step of an epoch may have
   fewer). The loss is the summed weighted token cross-entropy of the whole accumulated batch
-  divided by its number of weighted tokens (see ``losses.py``).
+  divided by its number of weighted tokens (see ``losses.py``), computed from the last hidden
+  state at the target positions only, in chunks (``chunked_loss.py``, ``head.py``): no
+  full-vocabulary logits, in training and in eval.
 - Deterministic on CPU for a given seed and thread count; exact resume: a run restarted from a
   ``step-*`` checkpoint ends with bit-identical weights to one that was never interrupted
   (weights, optimizer, scheduler, RNG and data position are all restored).
@@ -28,12 +30,15 @@ import time
 
 import torch
 
+from .. import liger
+from ..chunked_loss import sft_loss, weighted_ce_sum, weighted_token_accuracy
 from ..config import ConfigError, SFTConfig, local_path
 from ..data.collate import collate, model_inputs
 from ..data.stream import RecordStream
 from ..data.validate import validate_file
 from ..evaluate import exact_match_accuracy, single_answer_records
-from ..losses import num_target_tokens, sft_loss, weighted_ce_sum, weighted_token_accuracy
+from ..head import forward_hidden
+from ..losses import num_target_tokens
 from ..report import MultiReporter
 from .base import Recipe, lr_factor, run
 
@@ -51,6 +56,8 @@ class SFTRecipe(Recipe):
         self.prepare_runtime()
         self.data_path = local_path(cfg.dataset)
         self.eval_path = local_path(cfg.eval_dataset) if cfg.eval_dataset else None
+        if cfg.loss_kernel == "liger" and not liger.available(self.device):
+            raise ConfigError("loss_kernel: liger needs CUDA and liger-kernel (the gpu extra)")
         trainable = self._validate_data()  # before any model is loaded
         self.stream = RecordStream(self.data_path, self.renderer, seed=cfg.seed)
         if not self.find_resume_point():
@@ -105,9 +112,13 @@ class SFTRecipe(Recipe):
         for i, batch in enumerate(micro):
             inputs = model_inputs(batch, self.device)
             with self.dist.accumulate(self.train_model, last=i == len(micro) - 1):
-                logits = self.train_model(**inputs).logits
+                hidden, head = forward_hidden(self.train_model, inputs)
                 w = batch["weights"].to(self.device)
-                loss = sft_loss(logits, inputs["input_ids"], w, denom)
+                if self.cfg.loss_kernel == "liger":
+                    total, _ = liger.weighted_ce_sum(hidden, head, inputs["input_ids"], w)
+                    loss = total / max(float(denom), 1.0)
+                else:
+                    loss = sft_loss(hidden, head, inputs["input_ids"], w, denom)
                 loss.backward()
             loss_total += loss.detach()
             tokens += int(batch["attention_mask"].sum())
@@ -145,10 +156,10 @@ class SFTRecipe(Recipe):
         def run_batch(samples) -> None:
             b = collate(samples, r.pad_token_id, r.image_token_id)
             inputs = model_inputs(b, self.device)
-            logits = self.model(**inputs).logits
+            hidden, head = forward_hidden(self.model, inputs)
             w = b["weights"].to(self.device)
-            s, n = weighted_ce_sum(logits, inputs["input_ids"], w)
-            c, k = weighted_token_accuracy(logits, inputs["input_ids"], w)
+            s, n = weighted_ce_sum(hidden, head, inputs["input_ids"], w)
+            c, k = weighted_token_accuracy(hidden, head, inputs["input_ids"], w)
             totals["ce"] += float(s)
             totals["weight"] += float(n)
             totals["correct"] += c
