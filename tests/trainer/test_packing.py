@@ -102,3 +102,25 @@ def test_positions_restart_per_sample_and_follow_the_image_grid(tiny_model, samp
             hw = pos[2:, 0, start : start + n][:, img]
             assert hw[0].unique().numel() > 1 and hw[1].unique().numel() > 1
         start += n
+
+
+def test_packed_sft_run_trains_every_record_once_per_epoch(tmp_path, tiny_model, demo_data):
+    from vlm_trainer.config import SFTConfig
+    from vlm_trainer.recipes import sft
+
+    from tests.trainer.helpers import read_jsonl
+
+    budget = 256
+    cfg = SFTConfig(base_model=str(tiny_model), dataset=str(demo_data / "sft_eval.jsonl"),
+                    log_path=str(tmp_path / "log"), max_seq_len=128, tokens_per_batch=budget,
+                    gradient_accumulation_steps=2, epochs=2, learning_rate=1e-3,
+                    num_threads=2)  # fmt: skip
+    summary = sft.main(cfg)
+    steps = [m for m in read_jsonl(tmp_path / "log" / "metrics.jsonl") if m["event"] == "train"]
+    # The planned step count is the one the loop made, and every record was trained once an
+    # epoch (40 eval records x 2 epochs), in micro-batches that respect the token budget.
+    assert summary["steps"] == len(steps) == steps[-1]["total_steps"]
+    assert sum(m["samples"] for m in steps) == 80
+    assert all(m["tokens"] <= 2 * budget for m in steps)
+    assert max(m["samples"] for m in steps) > 2 * 2  # several samples per row
+    assert steps[-1]["loss"] < steps[0]["loss"]

@@ -59,3 +59,9 @@ def num_tokens(batch: dict) -> int:
     """Real (non-padding) tokens of a padded or packed batch."""
     mask = batch.get("attention_mask")
     return int(batch["input_ids"].numel() if mask is None else mask.sum())
+
+
+def num_samples(batch: dict) -> int:
+    """Samples in a padded (one per row) or packed (``seq_lens``) batch."""
+    lens = batch.get("seq_lens")
+    return int(batch["input_ids"].shape[0] if lens is None else lens.numel())
