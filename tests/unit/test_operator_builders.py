@@ -286,3 +286,12 @@ def test_checkpoint_jobs_mount_only_what_they_need() -> None:
     }
     assert writable == {"pvc-ckpts": False, "pvc-models": True}
     assert len(task_job_name("x" * 60, "promote")) <= 63
+
+
+def test_tokens_per_batch_reaches_the_trainer_config_only_when_set() -> None:
+    def rendered(hp: dict[str, Any]) -> dict[str, Any]:
+        objs = by_kind(trainer_workload(tj(hyperparameters=hp), shape(), "pvc://x", "img:1"))
+        return yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])
+
+    assert "tokens_per_batch" not in rendered({"loraRank": 16})
+    assert rendered({"loraRank": 16, "tokensPerBatch": 131072})["tokens_per_batch"] == 131072

@@ -60,6 +60,8 @@ def trainer_config(
         cfg["max_steps"] = hp.max_steps
     if hp.lora_alpha is not None:
         cfg["lora_alpha"] = hp.lora_alpha
+    if hp.tokens_per_batch is not None:
+        cfg["tokens_per_batch"] = hp.tokens_per_batch
     if hp.dpo is not None:
         cfg |= {
             "beta": hp.dpo.beta,
