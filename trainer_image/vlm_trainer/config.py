@@ -140,6 +140,14 @@ class SFTConfig(TrainConfig):
         "unused); must be at least max_seq_len.",
     )
 
+    data_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Processes that read, decode and render training records ahead of the "
+        "training step (DataLoader workers); 0 = in the training process.",
+    )
+
     @model_validator(mode="after")
     def _check_packing(self) -> SFTConfig:
         if self.tokens_per_batch and self.tokens_per_batch < self.max_seq_len:

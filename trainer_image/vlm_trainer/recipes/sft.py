@@ -35,6 +35,7 @@ import torch
 from ..config import ConfigError, SFTConfig, local_path
 from ..data import packing
 from ..data.collate import collate, model_inputs, num_samples, num_tokens
+from ..data.prefetch import PrefetchStream
 from ..data.stream import RecordStream
 from ..data.validate import validate_file
 from ..losses import num_target_tokens, sft_loss, weighted_ce_sum, weighted_token_accuracy
@@ -57,6 +58,8 @@ class SFTRecipe(Recipe):
         self.eval_path = local_path(cfg.eval_dataset) if cfg.eval_dataset else None
         trainable = self._validate_data()  # before any model is loaded
         self.stream = RecordStream(self.data_path, self.renderer, seed=cfg.seed)
+        if cfg.data_workers:  # same samples, same order, rendered ahead in other processes
+            self.stream = PrefetchStream(self.stream, cfg.data_workers)
         if not self.find_resume_point():
             return False
         self.build_training_state(len(self.stream) if trainable is None else trainable)
