@@ -165,3 +165,37 @@ def test_packed_run_with_data_workers_resumes_exactly(tmp_path, tiny_model, demo
 
     assert losses("whole") == losses("killed") and len(losses("whole")) > 2
     assert sum(s for _, _, s in losses("whole")) == 80  # 40 records x 2 epochs, none lost
+
+
+@pytest.mark.slow
+def test_two_processes_packed_match_one_process(tmp_path, tiny_model, demo_data):
+    """Under torchrun each rank packs its share of the global micro-batch into its own row; as
+    packing is invariant to how samples are grouped into rows, the loss curve is the
+    one-process packed curve."""
+    from tests.trainer.helpers import (
+        assert_close_curves,
+        read_jsonl,
+        run_cli,
+        torchrun_ok,
+        write_config,
+    )
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join((demo_data / "sft_train.jsonl").read_text().splitlines()[:40]))
+
+    def config(name):
+        return write_config(tmp_path / f"{name}.yaml", job_name=name, base_model=tiny_model,
+                            dataset=data, log_path=tmp_path / name, max_seq_len=128,
+                            tokens_per_batch=300, epochs=1, learning_rate=2e-3, seed=3,
+                            num_threads=1)  # fmt: skip
+
+    out = run_cli("sft", "--config", str(config("one")))
+    assert out.returncode == 0, out.stderr[-3000:]
+    torchrun_ok(config("two"))
+
+    def curve(name):
+        rows = read_jsonl(tmp_path / name / "metrics.jsonl")
+        return [(m["step"], m["loss"]) for m in rows if m["event"] == "train"]
+
+    assert len(curve("one")) >= 4
+    assert_close_curves(curve("one"), curve("two"), tol=1e-5)
