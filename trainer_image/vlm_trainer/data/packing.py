@@ -16,9 +16,11 @@ How a packed micro-batch is built and why it equals the padded one:
   rows 1-3 the 3-D mRoPE positions (temporal, height, width) that the padded forward computes.
   Qwen3-VL's text model reads row 0 as ``text_position_ids``; with no ``attention_mask``,
   transformers treats a position that does not follow its predecessor as the start of a new
-  sequence: flash-attention runs varlen (``cu_seq_lens`` from the positions) and SDPA/eager get a
-  block-diagonal causal mask (``masking_utils.find_packed_sequence_indices``). Attention never
-  crosses samples. That detection only runs without a KV cache, so a packed forward passes
+  sequence: SDPA/eager get a block-diagonal causal mask
+  (``masking_utils.find_packed_sequence_indices``; tested on CPU against the padded batch), and
+  flash-attention 2/3 runs varlen with ``cu_seq_lens`` from the same positions
+  (``modeling_flash_attention_utils._is_packed_sequence``; not yet run on a GPU here).
+  Attention never crosses samples. On CPU the mask is dense (T x T for the row). That detection only runs without a KV cache, so a packed forward passes
   ``use_cache=False`` (the recipes do; the model's ``config.use_cache`` does not reach
   Qwen3-VL's text config).
 
