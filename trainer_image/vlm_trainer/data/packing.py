@@ -20,9 +20,9 @@ How a packed micro-batch is built and why it equals the padded one:
   (``masking_utils.find_packed_sequence_indices``; tested on CPU against the padded batch), and
   flash-attention 2/3 runs varlen with ``cu_seq_lens`` from the same positions
   (``modeling_flash_attention_utils._is_packed_sequence``; not yet run on a GPU here).
-  Attention never crosses samples. On CPU the mask is dense (T x T for the row). That detection only runs without a KV cache, so a packed forward passes
-  ``use_cache=False`` (the recipes do; the model's ``config.use_cache`` does not reach
-  Qwen3-VL's text config).
+  Attention never crosses samples. On CPU the mask is dense (T x T for the row). That
+  detection only runs without a KV cache, so a packed forward passes ``use_cache=False`` (the
+  recipes do; the model's ``config.use_cache`` does not reach Qwen3-VL's text config).
 
 ``plan_steps`` counts the optimizer steps of an epoch from the rendered lengths, with the same
 greedy rule as the recipe uses to fill micro-batches, so the schedule knows its length exactly.
