@@ -7,12 +7,16 @@ Stages, each timed over the same file (records/s):
   image processor (resize/normalise/patchify), via ``RecordStream``; plus ``collate`` (batch 8);
 - ``hf_processor``: reference, the plain HF path for the same records and batches of 8:
   base64 + Pillow decode, ``processor.apply_chat_template``, ``processor(text=[8 texts],
-  images=[8 images], padding=True)`` (no loss weights, no validation).
+  images=[8 images], padding=True)`` (no loss weights, no validation);
+- ``prefetch`` (with ``--workers N``): ``render_collate`` with the stream rendered in N
+  DataLoader worker processes (``data_workers``), as training runs it; ``per_core`` divides
+  by the N worker cores (the consumer only collates).
 
-Usage: ``.venv/bin/python benchmarks/trainer_data_pipeline.py [--records 200] [--threads 2]
-[--repeats 3]``. Prints one JSON object (medians over the repeats, and every repeat). Builds
-the tiny model (its processor is Qwen3-VL's: patch 16, merge 2) in a temp dir; nothing is
-downloaded.
+``*_per_core`` keys divide each rate by the cores the stage used (``--threads`` for the
+in-process stages). Usage: ``.venv/bin/python benchmarks/trainer_data_pipeline.py
+[--records 200] [--threads 2] [--repeats 3] [--workers 2]``. Prints one JSON object (medians
+over the repeats, and every repeat). Builds the tiny model (its processor is Qwen3-VL's: patch
+16, merge 2) in a temp dir; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -66,12 +70,14 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=0)
     args = ap.parse_args()
 
     import torch
     from transformers import AutoProcessor
     from vlm_trainer.data.collate import collate
     from vlm_trainer.data.images import decode_data_url, open_image
+    from vlm_trainer.data.prefetch import PrefetchStream
     from vlm_trainer.data.render import Renderer
     from vlm_trainer.data.stream import RecordStream
     from vlm_trainer.data.validate import validate_file
@@ -90,9 +96,12 @@ def main() -> None:
     def validate() -> None:
         assert validate_file(data).ok
 
-    def render() -> None:
+    def render(workers: int = 0) -> None:
         batch = []
-        for _, sample in RecordStream(data, renderer, seed=0).samples(0):
+        stream = RecordStream(data, renderer, seed=0)
+        if workers:
+            stream = PrefetchStream(stream, workers)
+        for _, sample in stream.samples(0):
             result["tokens_per_record"] = sample.num_tokens
             batch.append(sample)
             if len(batch) == 8:
@@ -115,6 +124,8 @@ def main() -> None:
 
     # Alternate the stages, several times, and keep the median: the machine may be shared.
     stages = {"validate": validate, "render_collate": render, "hf_processor": hf_processor}
+    if args.workers:
+        stages["prefetch"] = lambda: render(args.workers)
     rates: dict[str, list[float]] = {k: [] for k in stages}
     for _ in range(args.repeats):
         for name, fn in stages.items():
@@ -124,6 +135,8 @@ def main() -> None:
     for name, values in rates.items():
         result[f"{name}_records_per_s"] = sorted(values)[len(values) // 2]
         result[f"{name}_all"] = values
+        cores = args.workers if name == "prefetch" else args.threads
+        result[f"{name}_per_core"] = round(result[f"{name}_records_per_s"] / cores, 1)
     result["render_vs_hf_processor"] = round(
         result["render_collate_records_per_s"] / result["hf_processor_records_per_s"], 2
     )

@@ -8,8 +8,15 @@ collator, we in the stream). Throughput = non-pad tokens / wall time of the trai
 (model loading and our pre-training validation are excluded; TRL's ``train_runtime``).
 
 Usage: ``.venv/bin/python benchmarks/trainer_sft_vs_trl.py [--steps 60] [--batch-size 8]
-[--threads 2] [--image-size 64] [--repeats 3]``. The two alternate ``--repeats`` times; prints
-one JSON object with the medians, every run's tokens/s and the ratio of the medians.
+[--threads 2] [--image-size 64] [--repeats 3] [--skewed] [--packed-tokens N]``. The runs
+alternate ``--repeats`` times; prints one JSON object with the medians, every run's tokens/s and
+the ratios of the medians.
+
+``--skewed``: a length-skewed dataset instead of the demo task: image sizes drawn from 64-448 px
+(each side), answers of 1-200 words (most short, a few long), so padded batches are mostly
+padding. ``--packed-tokens N`` adds a third run, ``vlm_trainer_packed``: the same records
+packed without padding into micro-batches of at most N tokens (``tokens_per_batch``), for
+``--steps`` steps. tokens/s counts real (non-pad) tokens in every run.
 """
 
 from __future__ import annotations
@@ -26,14 +33,45 @@ from tiny_model import build_tiny_model  # benchmarks/ is on sys.path when run a
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def ours(model_dir: Path, data: Path, log: Path, args) -> dict:
+WORDS = ("red", "green", "blue", "yellow", "left", "right", "top", "bottom", "first", "second")
+
+
+def skewed_data(path: Path, n: int, seed: int = 0) -> Path:
+    """``n`` records with image sides in 64..448 px and answers of 1..200 words (log-uniform:
+    most are short, like real VLM data, and a few long ones dominate a padded batch)."""
+    import random
+
+    from vlm_trainer.data.images import encode_data_url
+    from vlm_trainer.demo_data import colour_image
+
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            w, h = rng.randint(64, 448), rng.randint(64, 448)
+            img = colour_image("red", rng, 64).resize((w, h))
+            words = round(200 ** rng.random())
+            user = {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Describe the picture."},
+                    {"type": "image_url", "image_url": {"url": encode_data_url(img, "JPEG")}},
+                ],
+            }
+            answer = " ".join(rng.choice(WORDS) for _ in range(words))
+            f.write(json.dumps({"messages": [user, {"role": "assistant", "content": answer}]}))
+            f.write("\n")  # fmt: skip
+    return path
+
+
+def ours(model_dir: Path, data: Path, log: Path, args, packed_tokens: int = 0) -> dict:
     from vlm_trainer.config import SFTConfig
     from vlm_trainer.recipes import sft
     from vlm_trainer.report import LocalReporter, MultiReporter
 
     cfg = SFTConfig(base_model=str(model_dir), dataset=str(data), log_path=str(log),
                     batch_size=args.batch_size, max_steps=args.steps, learning_rate=1e-3,
-                    lr_schedule="constant", num_threads=args.threads, max_seq_len=1024)  # fmt: skip
+                    lr_schedule="constant", num_threads=args.threads, max_seq_len=1024,
+                    tokens_per_batch=packed_tokens)  # fmt: skip
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives for the run
     recipe = sft.SFTRecipe(cfg, MultiReporter([LocalReporter(log, stream=devnull)]))
     recipe.setup()
@@ -95,6 +133,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skewed", action="store_true")
+    ap.add_argument("--packed-tokens", type=int, default=0)
     args = ap.parse_args()
 
     import torch
@@ -105,18 +145,29 @@ def main() -> None:
     quiet_transformers()
     tmp = Path(tempfile.mkdtemp(prefix="bench-sft-"))
     model_dir = build_tiny_model(tmp / "tiny")
-    make_demo_data(tmp / "data", n_train=args.steps * args.batch_size, n_eval=4,
-                   size=args.image_size)  # fmt: skip
-    data = tmp / "data" / "sft_train.jsonl"
-    # Alternate the two, several times: on a shared machine the median is what means something.
+    records = args.steps * args.batch_size
+    if args.skewed:  # packing takes more records per step: enough for every run
+        data = skewed_data(tmp / "skewed.jsonl", records * 4)
+    else:
+        make_demo_data(tmp / "data", n_train=records, n_eval=4, size=args.image_size)
+        data = tmp / "data" / "sft_train.jsonl"
+    # Alternate the runs, several times: on a shared machine the median is what means something.
     runs: dict[str, list[dict]] = {"vlm_trainer": [], "trl_sft_trainer": []}
+    if args.packed_tokens:
+        runs["vlm_trainer_packed"] = []
     for r in range(args.repeats):
         runs["vlm_trainer"].append(ours(model_dir, data, tmp / f"ours-{r}", args))
+        if args.packed_tokens:
+            log = tmp / f"packed-{r}"
+            runs["vlm_trainer_packed"].append(ours(model_dir, data, log, args, args.packed_tokens))
         runs["trl_sft_trainer"].append(trl(model_dir, data, tmp / f"trl-{r}", args))
     median = {k: sorted(v, key=lambda x: x["tokens_per_s"])[len(v) // 2] for k, v in runs.items()}
+    trl_median = median["trl_sft_trainer"]["tokens_per_s"]
     print(json.dumps({
         "threads": args.threads, "batch_size": args.batch_size, "steps": args.steps,
-        "image_size": args.image_size, "repeats": args.repeats, "median": median,
+        "image_size": "64-448 skewed" if args.skewed else args.image_size,
+        "packed_tokens": args.packed_tokens, "repeats": args.repeats, "median": median,
+        "ratios_vs_trl": {k: round(v["tokens_per_s"] / trl_median, 2) for k, v in median.items()},
         "all_tokens_per_s": {k: [x["tokens_per_s"] for x in v] for k, v in runs.items()},
         "ratio_tokens_per_s": round(median["vlm_trainer"]["tokens_per_s"]
                                     / median["trl_sft_trainer"]["tokens_per_s"], 2),

@@ -155,6 +155,13 @@ INVALID_CASES: list[Case] = [
     ),
     Case("job-dpo-with-sft", J, _hp(dpo={"beta": 0.1}), "spec.hyperparameters.dpo"),
     Case(
+        "job-packing-with-dpo",
+        J,
+        {"spec": {"mode": "dpo", "hyperparameters": {"tokensPerBatch": 8192}}},
+        "spec.hyperparameters.tokensPerBatch",
+    ),
+    Case("job-packing-tiny", J, _hp(tokensPerBatch=8), "spec.hyperparameters.tokensPerBatch"),
+    Case(
         "job-rl-with-dpo",
         J,
         {"spec": {"mode": "dpo", "hyperparameters": {"rl": {"temperature": 0.7}}}},

@@ -339,3 +339,12 @@ def test_every_cache_is_on_a_writable_volume_of_a_read_only_pod(task: str) -> No
     env = {e["name"]: e.get("value") for e in c["env"]}
     for name in CACHES:
         assert any(env[name] == w or env[name].startswith(w + "/") for w in writable), name
+
+
+def test_tokens_per_batch_reaches_the_trainer_config_only_when_set() -> None:
+    def rendered(hp: dict[str, Any]) -> dict[str, Any]:
+        objs = by_kind(trainer_workload(tj(hyperparameters=hp), shape(), "pvc://x", "img:1"))
+        return yaml.safe_load(objs["ConfigMap"]["data"]["config.yaml"])
+
+    assert "tokens_per_batch" not in rendered({"loraRank": 16})
+    assert rendered({"loraRank": 16, "tokensPerBatch": 131072})["tokens_per_batch"] == 131072

@@ -51,6 +51,7 @@ def test_every_cookbook_key_is_accepted(tmp_path):
         ("learning_rate=-1", "learning_rate: Input should be greater than 0"),
         ("train_on=everything", "train_on: Input should be 'all_assistant' or 'last_assistant'"),
         ("epochs", "expected key=value"),
+        ("tokens_per_batch=100", "tokens_per_batch (100) must be at least max_seq_len (4096)"),
     ],
 )
 def test_errors_name_the_key(tmp_path, override, fragment):

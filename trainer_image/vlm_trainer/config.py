@@ -149,10 +149,39 @@ class TrainConfig(BaseModel):
 
 
 class SFTConfig(TrainConfig):
-    """Supervised fine-tuning. Adds nothing yet beyond the shared keys; kept separate so the
-    modes can diverge without breaking each other."""
+    """Supervised fine-tuning. ``tokens_per_batch`` > 0 switches from padded micro-batches of
+    ``batch_size`` sequences to padding-free packed ones (``data/packing.py``)."""
 
     mode: Literal["sft"] = "sft"
+    tokens_per_batch: int = Field(
+        0,
+        ge=0,
+        description="0 = micro-batches of batch_size padded sequences. Else pack whole samples "
+        "without padding into micro-batches of at most this many tokens (batch_size is then "
+        "unused); must be at least max_seq_len.",
+    )
+
+    data_workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Processes that read, decode and render training records ahead of the "
+        "training step (DataLoader workers); 0 = in the training process.",
+    )
+
+    @model_validator(mode="after")
+    def _check_packing(self) -> SFTConfig:
+        if self.tokens_per_batch and self.tokens_per_batch < self.max_seq_len:
+            raise ValueError(
+                f"tokens_per_batch ({self.tokens_per_batch}) must be at least max_seq_len "
+                f"({self.max_seq_len}): every sample must fit in one micro-batch"
+            )
+        if self.tokens_per_batch and not self.validate_before_training:
+            raise ValueError(
+                "tokens_per_batch needs validate_before_training: the number of packed steps "
+                "comes from the rendered lengths"
+            )
+        return self
 
 
 class DPOConfig(TrainConfig):

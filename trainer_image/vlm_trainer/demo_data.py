@@ -8,6 +8,10 @@ question is always the same text, so a model that ignores the image stays at 25%
 - ``dpo_train.jsonl`` / ``dpo_eval.jsonl``: chosen = the right colour, rejected = another one
 - ``rl_train.jsonl`` / ``rl_eval.jsonl``: the user turn only, plus ``"answer": colour``
 
+``make_spatial_data(DIR)`` writes ``spatial_train.jsonl`` / ``spatial_eval.jsonl``, a task whose
+answer is *where* something is in the image (same colours in every class), for the learning
+test of image layout and positions.
+
 ``bad_sft_lines()`` returns a mix of good lines and many kinds of bad ones, each with the reason
 the validator must give; the trainer and operator tests share it.
 """
@@ -108,6 +112,51 @@ def make_demo_data(
         counts[f"dpo_{split}.jsonl"] = write_jsonl(out / f"dpo_{split}.jsonl", dpo())
         rl = ({"messages": [p], "answer": c} for c, p in prompts)
         counts[f"rl_{split}.jsonl"] = write_jsonl(out / f"rl_{split}.jsonl", rl)
+    return counts
+
+
+HALVES = ("top", "bottom")
+WHERE_QUESTION = "Which half of the image is white? Answer top or bottom."
+
+
+def half_image(half: str, rng: random.Random, size: int = 64) -> Image.Image:
+    """A black ``size`` x ``size`` image whose ``top`` or ``bottom`` half is mostly white (a
+    white band of random width and offset, plus noise). Both classes have the same colours in
+    the same amounts, so only *where* the white is tells the answer: a pipeline that lost the
+    image's spatial layout (patch order, positions) cannot learn it. The tiny test model does
+    not learn finer layouts (a small dot, left/right) within a test's budget."""
+    img = Image.new("RGB", (size, size), (0, 0, 0))
+    width = rng.randint(size * 3 // 4, size)
+    x0 = rng.randint(0, size - width)
+    y0 = HALVES.index(half) * (size // 2)
+    ImageDraw.Draw(img).rectangle([x0, y0, x0 + width - 1, y0 + size // 2 - 1], fill="white")
+    return Image.blend(img, Image.effect_noise((size, size), 20).convert("RGB"), 0.1)
+
+
+def make_spatial_data(
+    out_dir: str | Path, n_train: int = 320, n_eval: int = 40, size: int = 64, seed: int = 0
+) -> dict[str, int]:
+    """``spatial_train.jsonl`` / ``spatial_eval.jsonl``: "which half of the image is white",
+    balanced (chance is 50%)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    for split, n, split_seed in (("train", n_train, seed), ("eval", n_eval, seed + 10_000)):
+        rng = random.Random(split_seed)
+        answers = [HALVES[i % 2] for i in range(n)]
+        rng.shuffle(answers)
+
+        def records(answers=answers, rng=rng):
+            for q in answers:
+                url = encode_data_url(half_image(q, rng, size))
+                image = {"type": "image_url", "image_url": {"url": url}}
+                user = {
+                    "role": "user",
+                    "content": [{"type": "text", "text": WHERE_QUESTION}, image],
+                }
+                yield {"messages": [user, {"role": "assistant", "content": q}]}
+
+        counts[f"spatial_{split}.jsonl"] = write_jsonl(out / f"spatial_{split}.jsonl", records())
     return counts
 
 

@@ -68,5 +68,7 @@ def forward_hidden(model: torch.nn.Module, inputs: dict) -> tuple[torch.Tensor, 
     """``(hidden, weight)``: the last hidden state ``(B, L, H)`` of ``model(**inputs)`` and the
     output embedding ``(V, H)``."""
     with identity_head(model):
-        hidden = model(**inputs).logits
+        # No KV cache in a training forward: transformers only detects packed rows (positions
+        # restarting per sample) without one, and the cache is wasted memory anyway.
+        hidden = model(**inputs, use_cache=False).logits
     return hidden, head_weight(model)

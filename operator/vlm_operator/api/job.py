@@ -244,6 +244,14 @@ class Hyperparameters(ApiModel):
         description="Micro-batches per optimizer step; the global batch is batchSize x this x "
         "the number of processes.",
     )
+    tokens_per_batch: int | None = Field(
+        None,
+        ge=16,
+        le=16_777_216,
+        description="SFT only: pack whole samples without padding into micro-batches of at most "
+        "this many tokens (batchSize is then unused); at least maxSeqLen. Unset: micro-batches "
+        "of batchSize padded sequences.",
+    )
     max_seq_len: int | None = Field(
         None,
         ge=16,
@@ -453,6 +461,12 @@ class TrainerJobSpec(ApiModel):
                 reason="FieldValueForbidden",
             ),
             Rule(
+                "!has(self.hyperparameters.tokensPerBatch) || self.mode == 'sft'",
+                "hyperparameters.tokensPerBatch (packing) is only supported when mode is sft",
+                field_path=".hyperparameters.tokensPerBatch",
+                reason="FieldValueForbidden",
+            ),
+            Rule(
                 "!has(self.hyperparameters.rl) || self.mode == 'rl'",
                 "hyperparameters.rl is only allowed when mode is rl",
                 field_path=".hyperparameters.rl",
@@ -548,6 +562,10 @@ class TrainerJobSpec(ApiModel):
             raise ValueError("hyperparameters.rl is only allowed when mode is rl")
         if self.promote and self.promote.select == PromoteSelect.BEST and not self.eval_dataset:
             raise ValueError("promote.select best compares eval metrics: it needs evalDataset")
+        if self.hyperparameters.tokens_per_batch is not None and self.mode != Mode.SFT:
+            raise ValueError(
+                "hyperparameters.tokensPerBatch (packing) is only supported when mode is sft"
+            )
         return self
 
     def dpo_settings(self) -> DpoSettings:

@@ -88,6 +88,8 @@ def trainer_config(
         cfg["lora_alpha"] = hp.lora_alpha
     if spec.promote and spec.promote.select == "best":  # keepLast must not prune the best
         cfg |= {"keep_best_metric": spec.promote.metric, "keep_best_mode": str(spec.promote.mode)}
+    if hp.tokens_per_batch is not None:
+        cfg["tokens_per_batch"] = hp.tokens_per_batch
     if hp.dpo is not None:
         cfg |= {
             "beta": hp.dpo.beta,

@@ -45,6 +45,23 @@ def collate(
     return batch
 
 
+#: Batch keys the model does not take: loss weights, and a packed batch's sample lengths.
+NON_MODEL_KEYS = ("weights", "seq_lens")
+
+
 def model_inputs(batch: dict, device: torch.device | str) -> dict:
-    """The batch without the loss-only keys, moved to ``device``."""
-    return {k: v.to(device) for k, v in batch.items() if k != "weights"}
+    """The batch without the loss-only keys, moved to ``device`` (padded or packed, see
+    ``packing.py``)."""
+    return {k: v.to(device) for k, v in batch.items() if k not in NON_MODEL_KEYS}
+
+
+def num_tokens(batch: dict) -> int:
+    """Real (non-padding) tokens of a padded or packed batch."""
+    mask = batch.get("attention_mask")
+    return int(batch["input_ids"].numel() if mask is None else mask.sum())
+
+
+def num_samples(batch: dict) -> int:
+    """Samples in a padded (one per row) or packed (``seq_lens``) batch."""
+    lens = batch.get("seq_lens")
+    return int(batch["input_ids"].shape[0] if lens is None else lens.numel())

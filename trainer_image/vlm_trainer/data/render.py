@@ -93,6 +93,9 @@ class Renderer:
         if self.pad_token_id is None:
             self.pad_token_id = self.tokenizer.eos_token_id
         self.merge_size = getattr(self.image_processor, "merge_size", 2)
+        # open_image already returns RGB: skip the processor's own per-image RGB copy.
+        convert = hasattr(self.image_processor, "do_convert_rgb")
+        self.image_kwargs = {"do_convert_rgb": False} if convert else {}
 
     # -- public -------------------------------------------------------------------------------
     def render(self, conv: Conversation) -> Rendered:
@@ -121,7 +124,9 @@ class Renderer:
 
     def _assistant_span(self, msgs: list[dict], i: int, full: str) -> tuple[int, int]:
         start_text = self._text(msgs[:i], add_generation_prompt=True) if i else ""
-        end_text = self._text(msgs[: i + 1], add_generation_prompt=False)
+        # The last message's prefix is the whole conversation: one template render saved.
+        last = i == len(msgs) - 1
+        end_text = full if last else self._text(msgs[: i + 1], add_generation_prompt=False)
         if not (full.startswith(end_text) and end_text.startswith(start_text)):
             raise RenderError(
                 f"the chat template is not prefix-stable at message {i}: cannot locate the "
@@ -149,7 +154,7 @@ class Renderer:
         pixel_values = grid = None
         if images:
             pil = [open_image(b, self.max_image_pixels) for b in images]
-            out = self.image_processor(images=pil, return_tensors="pt")
+            out = self.image_processor(images=pil, return_tensors="pt", **self.image_kwargs)
             pixel_values, grid = out["pixel_values"], out["image_grid_thw"].long()
             ids, weights = self._expand_images(ids, weights, grid)
 

@@ -9,7 +9,7 @@ records that truncation would drop are counted as ``skipped``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableSequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -53,10 +53,10 @@ class Summary:
 
 class _Stats:
     def __init__(self):
-        self.n, self.total, self.lo, self.hi = 0, 0, None, None
+        self.n, self.total, self.lo, self.hi, self.last = 0, 0, None, None, 0
 
     def add(self, v: int) -> None:
-        self.n += 1
+        self.n, self.last = self.n + 1, v
         self.total += v
         self.lo = v if self.lo is None else min(self.lo, v)
         self.hi = v if self.hi is None else max(self.hi, v)
@@ -79,9 +79,12 @@ def validate_file(
     max_image_pixels: int = 50_000_000,
     max_issues: int = 1000,
     reward: Callable | None = None,
+    lengths: MutableSequence[int] | None = None,
 ) -> Summary:
     """Check every line of ``path``; bad data never raises (see ``raise_if_invalid``). With
-    ``reward`` (RL), each prompt record must carry the fields the reward declares."""
+    ``reward`` (RL), each prompt record must carry the fields the reward declares. With a
+    renderer and a ``lengths`` list, appends each record's rendered tokens in file order (0 for a
+    skipped or bad record): packing plans its steps from them."""
     path = Path(path)
     summary = Summary(file=str(path), mode=mode)
     if not path.is_file():
@@ -96,10 +99,13 @@ def validate_file(
         record, issues = parse_line(
             raw, file=str(path), line=line, mode=mode, max_image_pixels=max_image_pixels
         )
+        before = tokens.n
         if record is not None and renderer is not None:
             issues = _render_issues(record, mode, renderer, path, line, tokens, weighted, summary)
         if record is not None and reward is not None and mode == "rl":
             issues = [*issues, *_reward_issues(record, reward, path, line)]
+        if lengths is not None:
+            lengths.append(tokens.last if tokens.n > before else 0)
         if issues:
             summary.bad_records += 1
             room = max_issues - len(summary.issues)

@@ -163,9 +163,7 @@ class Recipe:
         # place) or its DDP wrapper. Saving and evaluation keep using self.model.
         self.train_model = distributed.wrap(self.model, self.dist)
         self.optimizer = self._build_optimizer()
-        per_step = cfg.batch_size * cfg.gradient_accumulation_steps
-        self.steps_per_epoch = max(1, math.ceil(records_per_epoch / per_step))
-        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.steps_per_epoch, self.total_steps = self.count_steps(records_per_epoch)
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -176,6 +174,13 @@ class Recipe:
         )
         if self.resumed_from is not None:
             self._restore(self.resumed_from)
+
+    def count_steps(self, records_per_epoch: int) -> tuple[int, int]:
+        """``(steps per epoch, steps of all epochs)`` before ``max_steps``; a recipe whose
+        micro-batches are not ``batch_size`` records (packing) overrides this."""
+        per_step = self.cfg.batch_size * self.cfg.gradient_accumulation_steps
+        steps_per_epoch = max(1, math.ceil(records_per_epoch / per_step))
+        return steps_per_epoch, steps_per_epoch * self.cfg.epochs
 
     def _seed_everything(self) -> None:
         seed = self.cfg.seed

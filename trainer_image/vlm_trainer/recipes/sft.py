@@ -15,10 +15,13 @@ Assumed and guaranteed:
   no checkpoint is written.
 - ``batch_size`` is sequences per forward pass; one optimizer step consumes
   ``batch_size * gradient_accumulation_steps`` records (the last step of an epoch may have
-  fewer). The loss is the summed weighted token cross-entropy of the whole accumulated batch
-  divided by its number of weighted tokens (see ``losses.py``), computed from the last hidden
-  state at the target positions only, in chunks (``chunked_loss.py``, ``head.py``): no
-  full-vocabulary logits, in training and in eval.
+  fewer). With ``tokens_per_batch`` a micro-batch is instead one padding-free row of whole
+  samples, filled in stream order up to that many tokens (``data/packing.py``); the step count
+  comes from the lengths rendered by validation, so the schedule and resume stay exact.
+  The loss is the summed weighted token cross-entropy of the whole accumulated batch divided
+  by its number of weighted tokens (see ``losses.py``), packed or padded, computed from the
+  last hidden state at the target positions only, in chunks (``chunked_loss.py``,
+  ``head.py``): no full-vocabulary logits, in training and in eval.
 - Deterministic on CPU for a given seed and thread count; exact resume: a run restarted from a
   ``step-*`` checkpoint ends with bit-identical weights to one that was never interrupted
   (weights, optimizer, scheduler, RNG and data position are all restored).
@@ -27,13 +30,16 @@ Assumed and guaranteed:
 from __future__ import annotations
 
 import time
+from array import array
 
 import torch
 
 from .. import liger
 from ..chunked_loss import sft_loss, weighted_ce_sum, weighted_token_accuracy
 from ..config import ConfigError, SFTConfig, local_path
-from ..data.collate import collate, model_inputs
+from ..data import packing
+from ..data.collate import collate, model_inputs, num_samples, num_tokens
+from ..data.prefetch import PrefetchStream
 from ..data.stream import RecordStream
 from ..data.validate import validate_file
 from ..evaluate import exact_match_accuracy, single_answer_records
@@ -60,9 +66,13 @@ class SFTRecipe(Recipe):
             raise ConfigError("loss_kernel: liger needs CUDA and liger-kernel (the gpu extra)")
         trainable = self._validate_data()  # before any model is loaded
         self.stream = RecordStream(self.data_path, self.renderer, seed=cfg.seed)
+        if cfg.data_workers:  # same samples, same order, rendered ahead in other processes
+            self.stream = PrefetchStream(self.stream, cfg.data_workers)
         if not self.find_resume_point():
             return False
         self.build_training_state(len(self.stream) if trainable is None else trainable)
+        self.rope_index = packing.find_rope_index(self.model) if cfg.tokens_per_batch else None
+        self.pending = None  # packing: the sample that starts the next micro-batch
         return True
 
     def _validate_data(self) -> int | None:
@@ -71,10 +81,12 @@ class SFTRecipe(Recipe):
         if not self.cfg.validate_before_training:
             return None
         trainable = None
+        self.lengths = array("q")  # rendered tokens per training record (packing plans)
         for path in (self.data_path, self.eval_path):
             if path is None:
                 continue
-            summary = validate_file(path, "sft", self.renderer)
+            lengths = self.lengths if trainable is None else None
+            summary = validate_file(path, "sft", self.renderer, lengths=lengths)
             summary.raise_if_invalid()
             if trainable is None:
                 trainable = summary.trainable
@@ -84,9 +96,26 @@ class SFTRecipe(Recipe):
         return trainable
 
     # ---------------------------------------------------------------------------------- train
+    def count_steps(self, records_per_epoch: int) -> tuple[int, int]:
+        cfg = self.cfg
+        if not cfg.tokens_per_batch:
+            return super().count_steps(records_per_epoch)
+        # Each epoch's order packs differently: plan every epoch with the recipe's own rule.
+        per_epoch = [
+            packing.plan_steps(
+                (n for i in self.stream.order(e) if (n := self.lengths[i])),
+                cfg.tokens_per_batch,
+                cfg.gradient_accumulation_steps,
+            )
+            for e in range(cfg.epochs)
+        ]
+        return max(1, per_epoch[0]), max(1, sum(per_epoch))
+
     def next_batches(self, samples) -> list[dict]:
         """Collated micro-batches for one optimizer step (empty at the end of the epoch)."""
         cfg, r = self.cfg, self.renderer
+        if cfg.tokens_per_batch:
+            return self.next_packed(samples)
         micro, current = [], []
         for cursor, sample in samples:
             self.cursor = cursor
@@ -99,6 +128,33 @@ class SFTRecipe(Recipe):
         if current:
             micro.append(collate(self.local_share(current), r.pad_token_id, r.image_token_id))
         return micro
+
+    def next_packed(self, samples) -> list[dict]:
+        """Packed micro-batches for one optimizer step, filled greedily as ``packing.fill``
+        plans them. The sample that overflows a micro-batch is kept for the next one, and
+        ``self.cursor`` only counts samples already in a batch, so a checkpoint taken now
+        resumes with that sample."""
+        cfg = self.cfg
+        micro, group, used = [], [], 0
+        while len(micro) < cfg.gradient_accumulation_steps:
+            item, self.pending = self.pending or next(samples, None), None
+            if item is None:
+                break
+            cursor, sample = item
+            if group and used + sample.num_tokens > cfg.tokens_per_batch:
+                micro.append(self.packed(group))
+                group, used, self.pending = [], 0, item
+                continue
+            group.append(sample)
+            used += sample.num_tokens
+            self.cursor = cursor
+        if group:
+            micro.append(self.packed(group))
+        return micro
+
+    def packed(self, group: list) -> dict:
+        batch = packing.pack(self.local_share(group), self.renderer.image_token_id)
+        return packing.add_position_ids(batch, self.rope_index)
 
     def train_step(self, micro: list[dict], t0: float) -> dict:
         """Forward/backward every micro-batch, then one optimizer step. ``t0`` is when reading
@@ -121,8 +177,8 @@ class SFTRecipe(Recipe):
                     loss = sft_loss(hidden, head, inputs["input_ids"], w, denom)
                 loss.backward()
             loss_total += loss.detach()
-            tokens += int(batch["attention_mask"].sum())
-            samples += batch["input_ids"].shape[0]
+            tokens += num_tokens(batch)
+            samples += num_samples(batch)
         if self.dist.is_distributed:  # report global numbers (shares include dummy rows)
             loss_sum, tokens, samples = self.dist.all_sum(float(loss_total), tokens, samples)
             loss_total = torch.tensor(loss_sum, dtype=torch.float64)
