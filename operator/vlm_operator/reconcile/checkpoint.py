@@ -146,6 +146,16 @@ def reconcile_checkpoint(namespace: str, name: str, settings: Settings) -> None:
                     cond.get("reason", "Phase"),
                     cond.get("message") or f"phase {status.get('phase')}",
                 )
+        if (status or old).get("phase") == P.PROMOTED and ck["metadata"].get("ownerReferences"):
+            # Keep the promoted checkpoint when its job is deleted. Only once Promoted is
+            # written: until then the owner is what proves it is the job's (see not_owned), and
+            # a status write refused as stale (409) re-runs this reconcile from the top.
+            kube.json_patch(
+                "Checkpoint",
+                namespace,
+                name,
+                [{"op": "remove", "path": "/metadata/ownerReferences"}],
+            )
         metrics.observe_phase("Checkpoint", key, (status or old).get("phase"))
         metrics.RECONCILES.labels(kind="Checkpoint", result="synced").inc()
 
@@ -238,12 +248,5 @@ def _next_status(ck: dict[str, Any], settings: Settings) -> dict[str, Any] | Non
     uri = model_uri(settings.model_storage, meta["namespace"], output)
     cond(C.PROMOTED, True, Reason.PROMOTION_SUCCEEDED, f"model {output} written to {uri}")
     metrics.PROMOTIONS.labels(result="succeeded").inc()
-    if meta.get("ownerReferences"):  # keep the promoted checkpoint when its job is deleted
-        kube.json_patch(
-            "Checkpoint",
-            meta["namespace"],
-            meta["name"],
-            [{"op": "remove", "path": "/metadata/ownerReferences"}],
-        )
     promotion = {"outputModel": output, "uri": uri, "promotedAt": now_rfc3339()}
     return out | {"phase": P.PROMOTED, "promotion": promotion, "conditions": conds}
