@@ -5,9 +5,14 @@ Supported: one pod per node; one node is a plain Job running `vlm-trainer <mode>
 or several nodes run `torchrun` with `NNODES`, `NODE_RANK` (the Job completion index),
 `NPROC_PER_NODE`, `MASTER_ADDR` (`<job>-0.<job>`, the index-0 pod behind the headless Service)
 and `MASTER_PORT`. Pods are hardened (non-root, no privilege escalation, all capabilities
-dropped, seccomp RuntimeDefault). Exit codes 65 (bad data) and 78 (bad config) fail the Job at
-once through a podFailurePolicy: retrying cannot fix them. Kueue: `queueName` sets the queue
-label and the Job starts suspended, so Kueue decides when it runs.
+dropped, seccomp RuntimeDefault). The Job's podFailurePolicy sorts pod ends into failures and
+disruptions: exit codes 65 (bad data), 78 (bad config) and 74 (checkpoint storage full) fail the
+Job at once, since retrying cannot fix them; a pod with the `DisruptionTarget` condition
+(evicted, preempted, its node drained) or one that exited 75 (the trainer's graceful stop: it got
+SIGTERM and wrote a snapshot at its current step) is ignored, so it is replaced without using up
+`backoffLimit`. Pods get the shape's `terminationGracePeriodSeconds` to write that snapshot.
+Kueue: `queueName` sets the queue label (and `workloadPriorityClass` the priority label) and the
+Job starts suspended, so Kueue decides when it runs; Kueue preempts by suspending it again.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from vlm_operator.builders.config import (
     trainer_config,
 )
 from vlm_operator.builders.labels import (
+    KUEUE_PRIORITY_LABEL,
     KUEUE_QUEUE_LABEL,
     child_meta,
     job_labels,
@@ -37,6 +43,8 @@ CONTAINER = "trainer"
 MASTER_PORT = 29500
 EXIT_DATA_INVALID = 65  # EX_DATAERR
 EXIT_CONFIG_INVALID = 78  # EX_CONFIG
+EXIT_STORAGE_FULL = 74  # EX_IOERR: a snapshot did not fit on the checkpoint storage
+EXIT_STOPPED = 75  # EX_TEMPFAIL: graceful stop on SIGTERM, snapshot written at the current step
 NON_ROOT_UID = 65532
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
@@ -108,6 +116,26 @@ def _tolerations(tj: TrainerJob, shape: TrainingShape) -> list[dict[str, Any]]:
     return tols + [t.to_api() for t in (overrides.tolerations if overrides else None) or []]
 
 
+def pod_failure_policy() -> dict[str, Any]:
+    """Rules are matched in order: a pod that ran out of storage while being preempted still
+    fails the Job (the retry would hit the same wall)."""
+
+    def codes(action: str, values: list[int]) -> dict[str, Any]:
+        exit_codes = {"containerName": CONTAINER, "operator": "In", "values": values}
+        return {"action": action, "onExitCodes": exit_codes}
+
+    return {
+        "rules": [
+            codes("FailJob", [EXIT_DATA_INVALID, EXIT_CONFIG_INVALID, EXIT_STORAGE_FULL]),
+            {
+                "action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
+            codes("Ignore", [EXIT_STOPPED]),
+        ]
+    }
+
+
 def trainer_workload(
     tj_body: dict[str, Any], shape_body: dict[str, Any], default_storage: str, default_image: str
 ) -> list[dict[str, Any]]:
@@ -169,6 +197,7 @@ def trainer_workload(
     )
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": sh.termination_grace_period_seconds,
         "serviceAccountName": service_account_name(tj_body),
         "securityContext": {
             "runAsNonRoot": True,
@@ -189,22 +218,13 @@ def trainer_workload(
     job_meta = child_meta(tj_body, names["job"], dict(labels))
     if spec.queue_name:
         job_meta["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
+    if spec.workload_priority_class:
+        job_meta["labels"][KUEUE_PRIORITY_LABEL] = spec.workload_priority_class
     job_spec: dict[str, Any] = {
         # Kueue admits a queued job by unsuspending it; until then it must not start.
         "suspend": bool(spec.suspend or spec.queue_name),
         "backoffLimit": spec.backoff_limit,
-        "podFailurePolicy": {
-            "rules": [
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {
-                        "containerName": CONTAINER,
-                        "operator": "In",
-                        "values": [EXIT_DATA_INVALID, EXIT_CONFIG_INVALID],
-                    },
-                },
-            ]
-        },
+        "podFailurePolicy": pod_failure_policy(),
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
     if spec.active_deadline_seconds is not None:

@@ -15,6 +15,7 @@ JOB_LABEL = "vlmtrain.dev/trainer-job"
 CHECKPOINT_LABEL = "vlmtrain.dev/checkpoint"
 TASK_LABEL = "vlmtrain.dev/task"  # train | verify | promote
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"  # a WorkloadPriorityClass name
 
 
 def job_labels(job_name: str, task: str = "train") -> dict[str, str]:
