@@ -12,7 +12,7 @@ from vlm_operator.api import TrainerJob
 from vlm_operator.builders.job import (
     EXIT_CONFIG_INVALID,
     EXIT_DATA_INVALID,
-    EXIT_STOPPED,
+    EXIT_PREEMPTED,
     EXIT_STORAGE_FULL,
     trainer_workload,
 )
@@ -37,7 +37,7 @@ def test_pod_failure_policy_fails_fast_and_ignores_disruptions() -> None:
         EXIT_STORAGE_FULL,
     }
     assert rules[1]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
-    assert rules[2]["onExitCodes"]["values"] == [EXIT_STOPPED]
+    assert rules[2]["onExitCodes"]["values"] == [EXIT_PREEMPTED]
     assert all(r["onExitCodes"]["containerName"] == "trainer" for r in rules if "onExitCodes" in r)
     # Ignore needs restartPolicy Never (the apiserver refuses podFailurePolicy otherwise).
     assert train_job(tj())["spec"]["template"]["spec"]["restartPolicy"] == "Never"
@@ -102,7 +102,7 @@ def disrupted_pod(finished: str) -> dict[str, Any]:
     "gone",
     [
         disrupted_pod("2026-01-01T00:03:00Z"),
-        pod("Failed", EXIT_STOPPED, "", "2026-01-01T00:03:00Z"),
+        pod("Failed", EXIT_PREEMPTED, "", "2026-01-01T00:03:00Z"),
     ],
 )
 def test_an_evicted_or_gracefully_stopped_pod_is_a_preemption(gone: dict[str, Any]) -> None:
@@ -115,7 +115,7 @@ def test_an_evicted_or_gracefully_stopped_pod_is_a_preemption(gone: dict[str, An
 
 def test_a_real_failure_after_a_preemption_is_retrying() -> None:
     pods = [
-        pod("Failed", EXIT_STOPPED, "", "2026-01-01T00:03:00Z"),
+        pod("Failed", EXIT_PREEMPTED, "", "2026-01-01T00:03:00Z"),
         pod("Failed", 1, "Traceback: boom", "2026-01-01T00:07:00Z"),
         pod("Running"),
     ]

@@ -133,7 +133,7 @@ REASON_HELP: dict[Reason, str] = {
     Reason.PREEMPTED: "The trainer was stopped by a disruption (Kueue preemption, "
     "suspension, eviction), wrote a snapshot at its current step and will resume from it; "
     "this does not count against spec.backoffLimit.",
-    Reason.STORAGE_FULL: "The checkpoint storage is full (trainer exit code 74, not retried): "
+    Reason.STORAGE_FULL: "The checkpoint storage is full (trainer exit code 73, not retried): "
     "free space or give the job more storage; the message says how many bytes were needed.",
     Reason.JOB_DELETED: "The batch/v1 Job was deleted from outside the operator.",
     Reason.SUSPENDED: "spec.suspend is true: pods were stopped; checkpoints are kept.",

@@ -6,7 +6,7 @@ or several nodes run `torchrun` with `NNODES`, `NODE_RANK` (the Job completion i
 `NPROC_PER_NODE`, `MASTER_ADDR` (`<job>-0.<job>`, the index-0 pod behind the headless Service)
 and `MASTER_PORT`. Pods are hardened (non-root, no privilege escalation, all capabilities
 dropped, seccomp RuntimeDefault). The Job's podFailurePolicy sorts pod ends into failures and
-disruptions: exit codes 65 (bad data), 78 (bad config) and 74 (checkpoint storage full) fail the
+disruptions: exit codes 65 (bad data), 78 (bad config) and 73 (checkpoint storage full) fail the
 Job at once, since retrying cannot fix them; a pod with the `DisruptionTarget` condition
 (evicted, preempted, its node drained) or one that exited 75 (the trainer's graceful stop: it got
 SIGTERM and wrote a snapshot at its current step) is ignored, so it is replaced without using up
@@ -43,8 +43,8 @@ CONTAINER = "trainer"
 MASTER_PORT = 29500
 EXIT_DATA_INVALID = 65  # EX_DATAERR
 EXIT_CONFIG_INVALID = 78  # EX_CONFIG
-EXIT_STORAGE_FULL = 74  # EX_IOERR: a snapshot did not fit on the checkpoint storage
-EXIT_STOPPED = 75  # EX_TEMPFAIL: graceful stop on SIGTERM, snapshot written at the current step
+EXIT_STORAGE_FULL = 73  # EX_CANTCREAT: a snapshot could not be written (disk full)
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: graceful stop on SIGTERM, snapshot written at the current step
 NON_ROOT_UID = 65532
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
@@ -131,7 +131,7 @@ def pod_failure_policy() -> dict[str, Any]:
                 "action": "Ignore",
                 "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
             },
-            codes("Ignore", [EXIT_STOPPED]),
+            codes("Ignore", [EXIT_PREEMPTED]),
         ]
     }
 

@@ -4,7 +4,7 @@ Phases: Pending (admitted, pods not running yet, or waiting for a shape), Runnin
 Succeeded, Failed. Conditions: Admitted, Running, Succeeded, Failed, Suspended, each with a reason
 from `api.conditions.Reason`. Failure reasons: `DataInvalid` (trainer exit code 65),
 `InvalidSpec` (exit code 78, the trainer refused its config), `DeadlineExceeded`,
-`BackoffLimitExceeded`, `StorageFull` (exit code 74), otherwise `TrainerFailed`; the message
+`BackoffLimitExceeded`, `StorageFull` (exit code 73), otherwise `TrainerFailed`; the message
 carries the exit code and the container's termination message, so `kubectl describe tj` says what
 went wrong.
 
@@ -26,7 +26,7 @@ from vlm_operator.builders.job import (
     CONTAINER,
     EXIT_CONFIG_INVALID,
     EXIT_DATA_INVALID,
-    EXIT_STOPPED,
+    EXIT_PREEMPTED,
     EXIT_STORAGE_FULL,
 )
 
@@ -61,7 +61,7 @@ def disrupted(pod: dict[str, Any], container: str = CONTAINER) -> bool:
     if _disruption_target(pod):
         return True
     term = _terminated(pod, container)
-    return bool(term and term.get("exitCode") == EXIT_STOPPED)
+    return bool(term and term.get("exitCode") == EXIT_PREEMPTED)
 
 
 def _ended_at(pod: dict[str, Any]) -> str:
