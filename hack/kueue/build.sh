@@ -6,6 +6,8 @@
 # Everything is cached under $VLM_CACHE (default ~/.cache/vlm-trainer-operator)/kueue/<version>:
 #   bin/kueue   the controller (kueue-manager)
 #   crds/       the CRD manifests
+#   webhook-manifests.yaml   its webhook configurations (service-based; tests/cluster/kueue.py
+#                            points them at a loopback URL)
 # Only the first run is slow (about five minutes on 2 cores); later runs only print the folder.
 # Set KUEUE_BIN to a kueue binary you already have to skip the build (the CRDs still come from
 # the module cache).
@@ -36,6 +38,7 @@ if [ ! -f "$dir/crds/.done" ]; then
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
   rm -rf "$dir/crds" && mkdir -p "$dir/crds"
   cp "$mod"/config/components/crd/bases/*.yaml "$dir/crds/"
+  cp "$mod"/config/components/webhook/manifests.yaml "$dir/webhook-manifests.yaml"
   touch "$dir/crds/.done"
 fi
 echo "$dir"
