@@ -13,11 +13,14 @@ Subcommands::
     vlm-trainer rl --config cfg.yaml [key=value ...]      train (or resume) with the RL recipe
 
 ``--config`` defaults to ``/etc/vlm-trainer/config.yaml`` (where the operator mounts it) when
-that file exists. Exit codes: 0 success; 1 ``validate-data`` found bad lines (every bad line is
-printed, one per line, ``file:line: json.path: reason``); 2 bad usage; 65 a training command
-refused its data (EX_DATAERR); 78 a bad config (EX_CONFIG); 3 any other failure. Inside a pod
-the reason is also written to the termination message, where the operator reads it: 65 and 78
-fail the TrainerJob at once (``DataInvalid``, ``InvalidSpec``) since a retry cannot fix them.
+that file exists. Exit codes (``exit_codes.py``, shared with the operator): 0 success; 1
+``validate-data`` found bad lines (every bad line is printed, one per line,
+``file:line: json.path: reason``); 2 bad usage; 65 a training command refused its data
+(EX_DATAERR); 78 a bad config (EX_CONFIG); 73 a snapshot could not be written (disk full);
+75 stopped on SIGTERM after writing a snapshot (``graceful.py``; not a failure); 3 any other
+failure. Inside a pod the reason is also written to the termination message, where the
+operator reads it: 65, 73 and 78 fail the TrainerJob at once (``DataInvalid``,
+``StorageFull``, ``InvalidSpec``) since a retry cannot fix them.
 Heavy imports (torch, transformers) happen inside the subcommands, so ``--help`` is instant.
 """
 
@@ -31,9 +34,14 @@ import traceback
 from pathlib import Path
 
 from .config import DEFAULT_CONFIG_PATH, ConfigError, DPOConfig, RLConfig, SFTConfig, load_config
-
-EXIT_OK, EXIT_DATA_INVALID, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
-EXIT_DATA_REFUSED, EXIT_CONFIG = 65, 78  # the operator's podFailurePolicy knows these two
+from .exit_codes import (
+    EXIT_CONFIG,
+    EXIT_DATA_INVALID,
+    EXIT_DATA_REFUSED,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+)
 
 
 def _config_path(arg: str | None) -> str | None:
@@ -278,9 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data.jsonl import DataInvalidError
+    from .graceful import Stopped
 
     try:
         return args.func(args)
+    except Stopped as e:  # SIGTERM: a snapshot was written; the next pod resumes from it
+        print(e, file=sys.stderr)
+        _termination_message(f"preempted: {e}")
+        return EXIT_PREEMPTED
     except DataInvalidError as e:
         report = e.report()
         print(report, file=sys.stdout)

@@ -157,6 +157,10 @@ class KubernetesReporter:
         step = int(summary.get("step") or self.total_steps)
         self._patch_status({"progress": self._progress(step, summary)})
 
+    def on_stopped(self, info: dict[str, Any]) -> None:
+        step = int(info.get("step") or 0)
+        self._patch_status({"progress": self._progress(step, {})})
+
     def on_error(self, message: str) -> None:
         print(
             f"trainer error reported in the termination message: {message[:200]}", file=sys.stderr

@@ -2,7 +2,8 @@
 
 A recipe calls, in order: ``on_start(info)``, then ``on_step(metrics)`` once per optimizer step
 (and ``on_eval(metrics)`` after an evaluation), ``on_checkpoint(path, step, manifest)`` after
-each checkpoint is complete, and ``on_done(summary)`` or ``on_error(message)`` at the end.
+each checkpoint is complete, and ``on_done(summary)``, ``on_stopped(info)`` (a graceful stop
+on SIGTERM: ``step``, ``snapshot``, ``reason``) or ``on_error(message)`` at the end.
 Reporters must not raise into the training loop; a failing reporter logs and carries on.
 
 ``LocalReporter`` (always on): one JSON object per line in ``<log_path>/metrics.jsonl``
@@ -28,6 +29,7 @@ class Reporter(Protocol):
     def on_eval(self, metrics: dict[str, Any]) -> None: ...
     def on_checkpoint(self, path: Path, step: int, manifest: dict[str, Any]) -> None: ...
     def on_done(self, summary: dict[str, Any]) -> None: ...
+    def on_stopped(self, info: dict[str, Any]) -> None: ...
     def on_error(self, message: str) -> None: ...
 
 
@@ -71,6 +73,9 @@ class LocalReporter:
 
     def on_done(self, summary: dict[str, Any]) -> None:
         self._emit({"event": "done", **summary})
+
+    def on_stopped(self, info: dict[str, Any]) -> None:
+        self._emit({"event": "stopped", **info})
 
     def on_error(self, message: str) -> None:
         self._emit({"event": "error", "message": message})

@@ -20,6 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from vlm_trainer.exit_codes import EXIT_CONFIG as EXIT_CONFIG_INVALID  # one definition, shared
+from vlm_trainer.exit_codes import EXIT_DATA_REFUSED as EXIT_DATA_INVALID
+from vlm_trainer.exit_codes import EXIT_PREEMPTED, EXIT_STORAGE_FULL
 
 from vlm_operator.api import TrainerJob, TrainingShape
 from vlm_operator.builders.config import (
@@ -41,10 +44,6 @@ from vlm_operator.builders.storage import StorageMounts, join_uri
 
 CONTAINER = "trainer"
 MASTER_PORT = 29500
-EXIT_DATA_INVALID = 65  # EX_DATAERR
-EXIT_CONFIG_INVALID = 78  # EX_CONFIG
-EXIT_STORAGE_FULL = 73  # EX_CANTCREAT: a snapshot could not be written (disk full)
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: graceful stop on SIGTERM, snapshot written at the current step
 NON_ROOT_UID = 65532
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
