@@ -103,18 +103,19 @@ def cmd_eval(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from .data.limits import DataLimits
     from .data.validate import validate_file
 
     files: list[str] = list(args.files)
     renderer = None
-    max_pixels = 50_000_000
+    limits = None  # the defaults of data/limits.py, or the training config's
     cfg_path = _config_path(args.config) if args.config or not files else None
     if cfg_path:  # the training config names the files, the processor and the limits
         config_class = {"sft": SFTConfig, "dpo": DPOConfig, "rl": RLConfig}[args.mode]
         cfg = load_config(config_class, cfg_path, args.overrides)
         files = files or [cfg.dataset] + ([cfg.eval_dataset] if cfg.eval_dataset else [])
         args.model = args.model or cfg.processor_path
-        max_pixels = cfg.max_image_pixels
+        limits = DataLimits.from_config(cfg)
         args.max_seq_len = args.max_seq_len or cfg.max_seq_len
         args.train_on, args.on_truncation = cfg.train_on, cfg.on_truncation
     if not files:
@@ -129,13 +130,15 @@ def cmd_validate(args) -> int:
             args.max_seq_len or 4096,
             args.train_on,
             args.on_truncation,
-            max_pixels,
+            limits=limits,
         )
     from .config import local_path
 
     bad = False
     for f in files:
-        summary = validate_file(local_path(f), args.mode, renderer, max_pixels, args.max_issues)
+        summary = validate_file(
+            local_path(f), args.mode, renderer, max_issues=args.max_issues, limits=limits
+        )
         for issue in summary.issues:
             print(issue)
         if summary.bad_records > len(summary.issues):

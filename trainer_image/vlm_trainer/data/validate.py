@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .images import ImageError
 from .jsonl import DataInvalidError, DataIssue, Mode, iter_lines, parse_line
+from .limits import DataLimits
 from .render import Renderer, RenderError, SkipRecord
 
 
@@ -77,8 +78,11 @@ def validate_file(
     renderer: Renderer | None = None,
     max_image_pixels: int = 50_000_000,
     max_issues: int = 1000,
+    limits: DataLimits | None = None,
 ) -> Summary:
-    """Check every line of ``path``; bad data never raises (see ``raise_if_invalid``)."""
+    """Check every line of ``path``; bad data never raises (see ``raise_if_invalid``). The
+    limits are the renderer's when there is one, else ``limits`` (else the defaults with
+    ``max_image_pixels``)."""
     path = Path(path)
     summary = Summary(file=str(path), mode=mode)
     if not path.is_file():
@@ -86,13 +90,12 @@ def validate_file(
         summary.bad_records = 1
         return summary
     if renderer is not None:
-        max_image_pixels = renderer.max_image_pixels
+        limits = renderer.limits
+    limits = limits or DataLimits(max_image_pixels=max_image_pixels)
     tokens, weighted = _Stats(), _Stats()
-    for line, _, raw in iter_lines(path):
+    for line, _, raw in iter_lines(path, limits.max_line_bytes):
         summary.records += 1
-        record, issues = parse_line(
-            raw, file=str(path), line=line, mode=mode, max_image_pixels=max_image_pixels
-        )
+        record, issues = parse_line(raw, file=str(path), line=line, mode=mode, limits=limits)
         if record is not None and renderer is not None:
             issues = _render_issues(record, mode, renderer, path, line, tokens, weighted, summary)
         if issues:
@@ -116,6 +119,8 @@ def _render_issues(record, mode, renderer, path, line, tokens, weighted, summary
         return []
     except (RenderError, ImageError) as e:
         return [DataIssue(str(path), line, "", str(e))]
+    except Exception as e:  # the processor's own error on odd data (e.g. an extreme aspect ratio)
+        return [DataIssue(str(path), line, "", f"cannot render: {type(e).__name__}: {e}")]
     for r in rendered:
         tokens.add(r.num_tokens)
         weighted.add(r.num_weighted)

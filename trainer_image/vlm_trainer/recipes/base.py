@@ -34,6 +34,7 @@ import torch
 from .. import checkpoint as ckpt
 from .. import dist_checkpoint, distributed
 from ..config import ConfigError, TrainConfig
+from ..data.limits import DataLimits
 from ..data.render import Renderer
 from ..data.validate import validate_file
 from ..graceful import StopFlag, Stopped
@@ -133,6 +134,7 @@ class Recipe:
             cfg.train_on,
             cfg.on_truncation,
             cfg.max_image_pixels,
+            DataLimits.from_config(cfg),
         )
 
     def find_resume_point(self) -> bool:
