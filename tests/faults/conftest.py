@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.faults.trainer_runs import data, reference  # noqa: F401
 from tests.integration.conftest import demo_assets, demo_ns, operator  # noqa: F401
 from tests.trainer.conftest import _torch_threads, demo_data, tiny_model  # noqa: F401
 
