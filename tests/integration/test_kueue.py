@@ -107,7 +107,7 @@ def test_preempted_job_snapshots_waits_and_resumes_to_the_same_weights(
         _run_preemption(cluster, ns, kueue)
     finally:
         for obj in reversed(objs):
-            kind = f"{obj['kind'].lower()}s.kueue.x-k8s.io"
+            kind = f"{obj['kind'].lower()}.kueue.x-k8s.io"
             cluster.kubectl("delete", kind, obj["metadata"]["name"], "-n", ns, "--wait=false")
 
 
