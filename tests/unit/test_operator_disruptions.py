@@ -31,11 +31,9 @@ def train_job(t: dict[str, Any], **shape_spec: Any) -> dict[str, Any]:
 def test_pod_failure_policy_fails_fast_and_ignores_disruptions() -> None:
     rules = train_job(tj())["spec"]["podFailurePolicy"]["rules"]
     assert [r["action"] for r in rules] == ["FailJob", "Ignore", "Ignore"]
-    assert set(rules[0]["onExitCodes"]["values"]) == {
-        EXIT_DATA_INVALID,
-        EXIT_CONFIG_INVALID,
-        EXIT_STORAGE_FULL,
-    }
+    assert rules[0]["onExitCodes"]["values"] == sorted(  # the apiserver wants them sorted
+        [EXIT_DATA_INVALID, EXIT_CONFIG_INVALID, EXIT_STORAGE_FULL]
+    )
     assert rules[1]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
     assert rules[2]["onExitCodes"]["values"] == [EXIT_PREEMPTED]
     assert all(r["onExitCodes"]["containerName"] == "trainer" for r in rules if "onExitCodes" in r)

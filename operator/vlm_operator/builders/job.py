@@ -120,7 +120,8 @@ def pod_failure_policy() -> dict[str, Any]:
     fails the Job (the retry would hit the same wall)."""
 
     def codes(action: str, values: list[int]) -> dict[str, Any]:
-        exit_codes = {"containerName": CONTAINER, "operator": "In", "values": values}
+        # The apiserver wants the codes sorted.
+        exit_codes = {"containerName": CONTAINER, "operator": "In", "values": sorted(values)}
         return {"action": action, "onExitCodes": exit_codes}
 
     return {
