@@ -41,6 +41,7 @@ from .exit_codes import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_PREEMPTED,
+    EXIT_STORAGE_FULL,
 )
 
 
@@ -309,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
+        if getattr(e, "exit_code", None) == EXIT_STORAGE_FULL:  # checkpoint.SnapshotWriteError
+            print(f"storage error: {e}", file=sys.stderr)  # a retry would hit the same wall
+            _termination_message(f"storage full: {e}")
+            return EXIT_STORAGE_FULL
         traceback.print_exc()
         _termination_message(f"{type(e).__name__}: {e}")
         return EXIT_FAILED
