@@ -1,14 +1,15 @@
-"""The trainer workload of a TrainerJob: ConfigMap (trainer config), batch/v1 Job and, for several
-nodes, a headless Service.
+"""The trainer workload of a TrainerJob: ConfigMap (trainer config), batch/v1 Job and, for
+several nodes, a headless Service.
 
-Supported: one pod per node; one node is a plain Job running `vlm-trainer <mode>`; several GPUs or
-several nodes run `torchrun` with `NNODES`, `NODE_RANK` (the Job completion index),
-`NPROC_PER_NODE`, `MASTER_ADDR` (`<job>-0.<job>`, the index-0 pod behind the headless Service) and
-`MASTER_PORT`, under `vlm-trainer launch` (PID 1: it forwards SIGTERM to the workers and exits 75
-after their graceful stop; see vlm_trainer/launch.py). Pods are hardened (non-root, no privilege
-escalation, all capabilities dropped, seccomp RuntimeDefault). Exit codes 65 (bad data) and 78 (bad
-config) fail the Job at once through a podFailurePolicy: retrying cannot fix them. Kueue:
-`queueName` sets the queue label and the Job starts suspended, so Kueue decides when it runs.
+Supported: one pod per node; one node is a plain Job running `vlm-trainer <mode>`; several GPUs
+or several nodes run `torchrun` with `NNODES`, `NODE_RANK` (the Job completion index),
+`NPROC_PER_NODE`, `MASTER_ADDR` (`<job>-0.<job>`, the index-0 pod behind the headless Service)
+and `MASTER_PORT`. Pods are hardened (non-root, no privilege escalation, all capabilities
+dropped, seccomp RuntimeDefault). Exit codes 65 (bad data) and 78 (bad config) fail the Job at
+once through a podFailurePolicy: retrying cannot fix them. Kueue: `queueName` sets the queue
+label and the Job starts suspended, so Kueue decides when it runs.
+Several processes run under `vlm-trainer launch` (PID 1): it forwards SIGTERM to the workers and
+exits 75 after their graceful stop (vlm_trainer/launch.py).
 """
 
 from __future__ import annotations
