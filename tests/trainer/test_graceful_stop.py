@@ -91,13 +91,21 @@ def test_sigterm_snapshots_the_current_step_and_resume_is_exact(tmp_path, tiny_m
     assert_same_weights(weights(root_a / "final"), weights(root_b / "final"))
 
 
-def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, tiny_model, small_data):
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, tiny_model, small_data) -> Path:
+    """The final checkpoint of an uninterrupted 2-process run."""
+    tmp = tmp_path_factory.mktemp("dist-a")
+    cfg_a, root_a = config(tmp, "dist-a", tiny_model, small_data, **NO_PERIODIC)
+    torchrun_ok(cfg_a)
+    return root_a / "final"
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(
+    tmp_path, tiny_model, small_data, two_processes
+):
     """torchrun, 2 processes (DDP, gloo): only rank 1 gets SIGTERM; both ranks agree on the step
     (one all-reduce), write one sharded snapshot and exit 75; the resumed run ends with the
     weights of an uninterrupted 2-process run."""
-    cfg_a, root_a = config(tmp_path, "dist-a", tiny_model, small_data, **NO_PERIODIC)
-    torchrun_ok(cfg_a)
-
     cfg_b, root_b = config(tmp_path, "dist-b", tiny_model, small_data, **NO_PERIODIC)
     argv = [TORCHRUN, "--nproc_per_node=2", f"--master-port={free_port()}"]
     proc = start([*argv, "-m", "vlm_trainer.cli", "sft", "--config", str(cfg_b)], DIST_ENV)
@@ -115,7 +123,29 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path, tiny_mo
     assert ckpt.verify(root_b / ckpt.step_name(stop)) is None
 
     torchrun_ok(cfg_b)
-    assert_same_weights(weights(root_a / "final"), weights(root_b / "final"))
+    assert_same_weights(weights(two_processes), weights(root_b / "final"))
+
+
+def test_sigterm_to_the_pod_launcher_reaches_the_workers_and_exits_preempted(
+    tmp_path, tiny_model, small_data, two_processes
+):
+    """``vlm_trainer.launch`` as PID 1 would be: SIGTERM to it (not to torchrun) is forwarded
+    to the workers, which snapshot and stop; the launcher exits EXIT_PREEMPTED (torchrun
+    itself exits 1 after failed workers), and the resumed run is exact."""
+    cfg_b, root_b = config(tmp_path, "dist-c", tiny_model, small_data, **NO_PERIODIC)
+    argv = [sys.executable, "-m", "vlm_trainer.launch", TORCHRUN, "--nproc_per_node=2"]
+    argv += [f"--master-port={free_port()}", "-m", "vlm_trainer.cli", "sft", "--config", str(cfg_b)]
+    proc = start(argv, DIST_ENV)
+    wait_for_step(proc, root_b.parent, 3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == EXIT_PREEMPTED, err[-3000:]
+    assert "launch: workers stopped gracefully" in err
+
+    stop = stopped_event(out)["step"]
+    assert 3 <= stop < 20 and [s for s, _ in ckpt.list_steps(root_b)] == [stop]
+    torchrun_ok(cfg_b)
+    assert_same_weights(weights(two_processes), weights(root_b / "final"))
 
 
 def worker_pids(parent: int) -> list[int]:

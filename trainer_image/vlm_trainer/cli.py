@@ -11,6 +11,7 @@ Subcommands::
     vlm-trainer promote --checkpoint DIR --output DIR     standalone HF model (operator Job)
     vlm-trainer dpo --config cfg.yaml [key=value ...]     train (or resume) with the DPO recipe
     vlm-trainer rl --config cfg.yaml [key=value ...]      train (or resume) with the RL recipe
+    vlm-trainer launch torchrun [ARGS ...]                PID 1 of a several-process pod (launch.py)
 
 ``--config`` defaults to ``/etc/vlm-trainer/config.yaml`` (where the operator mounts it) when
 that file exists. Exit codes (``exit_codes.py``, shared with the operator): 0 success; 1
@@ -41,6 +42,7 @@ from .exit_codes import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_PREEMPTED,
+    EXIT_STORAGE_FULL,
 )
 
 
@@ -74,6 +76,12 @@ def cmd_rl(args) -> int:
     from .recipes import rl
 
     return EXIT_OK if rl.main(cfg) else EXIT_FAILED
+
+
+def cmd_launch(args) -> int:
+    from .launch import main as launch
+
+    return launch(args.argv)
 
 
 def cmd_eval(args) -> int:
@@ -235,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
         r.set_defaults(func=func)
 
+    la = sub.add_parser("launch", help="run torchrun as a pod's PID 1 (graceful SIGTERM)")
+    la.add_argument("argv", nargs=argparse.REMAINDER, metavar="torchrun ARGS")
+    la.set_defaults(func=cmd_launch)
+
     # The operator's short Jobs on a Checkpoint (promote.py).
     vc = sub.add_parser("verify-checkpoint", help="re-hash a checkpoint against its manifest")
     vc.add_argument("dir")
@@ -296,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     except Stopped as e:  # SIGTERM: a snapshot was written; the next pod resumes from it
         print(e, file=sys.stderr)
         _termination_message(f"preempted: {e}")
+        if marker := os.environ.get("VLM_STOP_MARKER"):  # for launch.py, under torchrun
+            Path(marker).write_text(f"{e}\n")
         return EXIT_PREEMPTED
     except DataInvalidError as e:
         report = e.report()
@@ -309,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
+        if getattr(e, "exit_code", None) == EXIT_STORAGE_FULL:  # checkpoint.SnapshotWriteError
+            print(f"storage error: {e}", file=sys.stderr)  # a retry would hit the same wall
+            _termination_message(f"storage full: {e}")
+            return EXIT_STORAGE_FULL
         traceback.print_exc()
         _termination_message(f"{type(e).__name__}: {e}")
         return EXIT_FAILED

@@ -10,6 +10,11 @@ nothing here runs and no cluster is needed. It uses the pod's service-account to
 - one Checkpoint per saved snapshot, named `<job>-<step-000050|final>`, owned by the TrainerJob,
   with `status.latestCheckpoint` pointing at it. A Checkpoint that exists already (a resumed run
   saving the same step again) is left as it is.
+
+Training never waits for the API server: reports go through `api_sender.ApiSender` (a background
+thread; every call with a connect+read timeout and bounded retries; the latest status wins and
+is re-sent when the server comes back). The end of the run waits at most
+`VLM_REPORT_FLUSH_S` seconds (default 15) for what is still pending.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from .api_sender import ApiSender
 
 GROUP, VERSION = "vlmtrain.dev", "v1alpha1"
 JOB_LABEL = "vlmtrain.dev/trainer-job"
@@ -50,11 +57,16 @@ def _finite(v: Any) -> float | None:
 class KubernetesReporter:
     """A `report.Reporter` that writes to the TrainerJob and creates Checkpoints."""
 
-    def __init__(self) -> None:
+    def __init__(self, api_client=None, **sender_options) -> None:
+        """``api_client``: a ``kubernetes.client.ApiClient`` (default: the pod's in-cluster
+        config); ``sender_options`` go to ``ApiSender`` (timeouts, retries)."""
         from kubernetes import client, config
 
-        config.load_incluster_config()
-        self.api = client.CustomObjectsApi()
+        if api_client is None:
+            config.load_incluster_config()
+        self.api = client.CustomObjectsApi(api_client)
+        self.sender = ApiSender(self._patch_call, self._create_call, **sender_options)
+        self.flush_s = float(os.environ.get("VLM_REPORT_FLUSH_S", "15"))
         env = os.environ
         self.name, self.ns = env["VLM_TRAINERJOB_NAME"], env["VLM_TRAINERJOB_NAMESPACE"]
         self.uid = env.get("VLM_TRAINERJOB_UID")
@@ -67,6 +79,9 @@ class KubernetesReporter:
         self.first_step: int | None = None
 
     def _patch_status(self, status: dict[str, Any]) -> None:
+        self.sender.put_status(status)  # returns at once; latest wins
+
+    def _patch_call(self, status: dict[str, Any], timeout: tuple[float, float]) -> None:
         self.api.patch_namespaced_custom_object_status(
             GROUP,
             VERSION,
@@ -75,6 +90,12 @@ class KubernetesReporter:
             self.name,
             {"status": status},
             _content_type="application/merge-patch+json",
+            _request_timeout=timeout,
+        )
+
+    def _create_call(self, body: dict[str, Any], timeout: tuple[float, float]) -> None:
+        self.api.create_namespaced_custom_object(
+            GROUP, VERSION, self.ns, "checkpoints", body, _request_timeout=timeout
         )
 
     def _progress(self, step: int, m: dict[str, Any]) -> dict[str, Any]:
@@ -113,8 +134,6 @@ class KubernetesReporter:
         pass
 
     def on_checkpoint(self, path: Path, step: int, manifest: dict[str, Any]) -> None:
-        from kubernetes.client.rest import ApiException
-
         ckpt = f"{self.name}-{path.name}"
         metrics = {
             k: round(v, 6)
@@ -146,22 +165,25 @@ class KubernetesReporter:
                     "blockOwnerDeletion": False,
                 }
             ]
-        try:
-            self.api.create_namespaced_custom_object(GROUP, VERSION, self.ns, "checkpoints", body)
-        except ApiException as e:
-            if e.status != 409:
-                raise
+        self.sender.put_create(body)  # sent before the status below; 409 (exists) is fine
         self._patch_status({"latestCheckpoint": ckpt, "progress": self._progress(step, {})})
 
     def on_done(self, summary: dict[str, Any]) -> None:
         step = int(summary.get("step") or self.total_steps)
         self._patch_status({"progress": self._progress(step, summary)})
+        self._flush()
 
     def on_stopped(self, info: dict[str, Any]) -> None:
         step = int(info.get("step") or 0)
         self._patch_status({"progress": self._progress(step, {})})
+        self._flush()
 
     def on_error(self, message: str) -> None:
         print(
             f"trainer error reported in the termination message: {message[:200]}", file=sys.stderr
         )
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self.sender.flush(self.flush_s):
+            print(f"kube report: not all reports sent within {self.flush_s}s", file=sys.stderr)

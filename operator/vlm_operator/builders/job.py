@@ -13,6 +13,8 @@ SIGTERM and wrote a snapshot at its current step) is ignored, so it is replaced 
 `backoffLimit`. Pods get the shape's `terminationGracePeriodSeconds` to write that snapshot.
 Kueue: `queueName` sets the queue label (and `workloadPriorityClass` the priority label) and the
 Job starts suspended, so Kueue decides when it runs; Kueue preempts by suspending it again.
+Several processes run under `vlm-trainer launch` (PID 1): it forwards SIGTERM to the workers and
+exits 75 after their graceful stop (vlm_trainer/launch.py).
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def trainer_command(mode: str, nodes: int, procs: int) -> list[str]:
     if nodes == 1 and procs == 1:
         return ["vlm-trainer", mode, *entry]
     return [
+        "vlm-trainer",  # PID 1 forwards SIGTERM to the workers (vlm_trainer/launch.py)
+        "launch",
         "torchrun",
         "--nnodes=$(NNODES)",
         "--nproc-per-node=$(NPROC_PER_NODE)",

@@ -25,9 +25,6 @@ while checking a line (``MemoryError`` included) still becomes that line's issue
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +33,7 @@ from typing import Any, Literal
 
 from .images import ImageError, open_image, parse_data_url, probe_image
 from .limits import DataLimits
+from .safe_json import UNUSABLE, load_json
 
 Mode = Literal["sft", "dpo", "rl"]
 ROLES = ("system", "user", "assistant")
@@ -245,8 +243,8 @@ def _parse(
     except UnicodeDecodeError as e:
         issues.add("", f"not UTF-8 text: {e.reason} at byte {e.start}")
         return None
-    obj = _load_json(text, limits, issues)
-    if obj is _UNUSABLE:
+    obj = load_json(text, limits, issues.add)
+    if obj is UNUSABLE:
         return None
     if not isinstance(obj, dict):
         issues.add("", f"expected a JSON object, got {_kind(obj)}")
@@ -415,110 +413,6 @@ def _image(url: Any, path: str, issues: _Issues, opts: dict) -> bytes | None:
     if opts["decode_images"]:
         open_image(data, limits.max_image_pixels).close()
     return data
-
-
-# ------------------------------------------------------------------------------------------------
-# JSON with limits
-
-
-class _TooManyDigits:
-    """An integer literal kept as its digit count: it is reported, never converted."""
-
-    def __init__(self, digits: int):
-        self.digits = digits
-
-
-class _NotFinite:
-    """NaN, Infinity or a float literal that overflows: not JSON (RFC 8259), not trainable."""
-
-    def __init__(self, literal: str):
-        self.literal = literal
-
-
-_UNUSABLE = object()
-
-
-def _load_json(text: str, limits: DataLimits, issues: _Issues) -> Any:
-    """``json.loads`` that never raises and never converts a huge integer; then every limit is
-    checked on the tree. ``_UNUSABLE`` (with issues) when the line cannot be used."""
-
-    def parse_int(s: str) -> int | _TooManyDigits:
-        digits = len(s) - s.startswith("-")
-        return int(s) if digits <= limits.max_json_int_digits else _TooManyDigits(digits)
-
-    def parse_float(s: str) -> float | _NotFinite:
-        f = float(s)
-        return f if math.isfinite(f) else _NotFinite(s[:20])
-
-    try:
-        obj = json.loads(
-            text, parse_int=parse_int, parse_float=parse_float, parse_constant=_NotFinite
-        )
-    except json.JSONDecodeError as e:
-        issues.add("", f"not valid JSON: {e.msg} (column {e.colno})")
-        return _UNUSABLE
-    except RecursionError:
-        column = _depth_column(text, limits.max_json_depth)
-        issues.add(
-            "",
-            f"nested more than max_json_depth={limits.max_json_depth} levels deep "
-            f"(column {column}; too deep for the parser)",
-        )
-        return _UNUSABLE
-    before = len(issues.items)
-    _check_tree(obj, limits, issues)
-    return _UNUSABLE if len(issues.items) > before else obj
-
-
-def _check_tree(obj: Any, limits: DataLimits, issues: _Issues, max_reports: int = 5) -> None:
-    """Depth, integer digits, non-finite numbers and strings that are not valid Unicode (a lone
-    ``\\ud800`` escape: the tokenizer cannot encode it), each with its JSON path (iterative: no
-    recursion however deep; at most ``max_reports`` issues for one line)."""
-    stack: list[tuple[Any, str, int]] = [(obj, "", 1)]
-    reported = 0
-    while stack and reported < max_reports:
-        value, path, depth = stack.pop()
-        reason = None
-        if isinstance(value, dict | list) and depth > limits.max_json_depth:
-            reason = f"nested more than max_json_depth={limits.max_json_depth} levels deep"
-        elif isinstance(value, _TooManyDigits):
-            reason = (
-                f"integer of {value.digits} digits, above "
-                f"max_json_int_digits={limits.max_json_int_digits}"
-            )
-        elif isinstance(value, _NotFinite):
-            reason = f"number {value.literal!r} is not finite (NaN/Infinity are not JSON)"
-        elif isinstance(value, str) and (bad := _SURROGATE.search(value)):
-            reason = (
-                f"lone surrogate \\u{ord(bad.group()):04x} at character {bad.start()}: not text"
-            )
-        if reason:
-            issues.add(path, reason)
-            reported += 1
-        elif isinstance(value, dict):
-            children = [(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()]
-            stack.extend((v, p, depth + 1) for v, p in reversed(children))
-        elif isinstance(value, list):
-            items = reversed(list(enumerate(value)))
-            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in items)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
-
-
-def _depth_column(text: str, limit: int) -> int:
-    """1-based column of the bracket that opens level ``limit + 1`` (strings skipped)."""
-    depth = 0
-    for m in _TOKEN.finditer(text):
-        c = m.group()
-        if c in "[{":
-            depth += 1
-            if depth > limit:
-                return m.start() + 1
-        elif c in "]}":
-            depth -= 1
-    return 0
 
 
 def _kind(v: Any) -> str:
