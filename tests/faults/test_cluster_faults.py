@@ -29,13 +29,14 @@ CHILDREN = ("jobs", "configmaps", "serviceaccounts", "roles", "rolebindings")
 
 
 def children(cluster: LocalCluster, ns: str, name: str) -> dict[str, list[str]]:
-    sel = f"vlmtrain.dev/trainer-job={name}"
-    return {
-        kind: sorted(
+    out = {}
+    for kind in CHILDREN:
+        # The trainer's children only: each checkpoint has its own verify Job, by design.
+        sel = f"vlmtrain.dev/trainer-job={name},vlmtrain.dev/task=train"
+        out[kind] = sorted(
             o["metadata"]["name"] for o in get(cluster, kind, "-n", ns, "-l", sel)["items"]
         )
-        for kind in CHILDREN
-    }
+    return out
 
 
 def test_operator_killed_during_reconcile_three_times(
