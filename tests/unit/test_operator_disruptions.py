@@ -128,3 +128,23 @@ def test_storage_full_fails_with_its_own_reason() -> None:
     s = derive_status(tj(), failed, [pod("Failed", EXIT_STORAGE_FULL, msg)])
     f = cond_of(s, "Failed")
     assert s["phase"] == "Failed" and f["reason"] == "StorageFull" and "812 MB" in f["message"]
+
+
+def created(p: dict[str, Any], at: str) -> dict[str, Any]:
+    p["metadata"]["creationTimestamp"] = at
+    return p
+
+
+def test_a_pod_deleted_and_replaced_unseen_counts_as_an_attempt_and_a_preemption() -> None:
+    t = tj()
+    first = created(pod("Running", finished="a"), "2026-01-01T00:00:00Z")
+    # The Job's counts lag the pod: no preemption is made up while they settle.
+    assert "preemptions" not in derive_status(t, job(active=0), [first])
+    t["status"] = s = derive_status(t, job(active=1), [first])
+    assert s["attempts"] == 1 and s["lastAttemptTime"] == "2026-01-01T00:00:00Z"
+    # `kubectl delete pod`: SIGTERM, exit 75 (ignored), gone before the operator looked.
+    second = created(pod("Running", finished="b"), "2026-01-01T00:02:00Z")
+    t["status"] = s = derive_status(t, job(active=1), [second])
+    assert s["attempts"] == 2 and s["preemptions"] == 1, s
+    assert cond_of(s, "Running")["reason"] == "Preempted"
+    assert derive_status(t, job(active=1), [second]) == s  # counted once

@@ -535,6 +535,11 @@ class TrainerJobStatus(StatusModel):
     last_preemption_time: datetime | None = Field(
         None, description="When the latest preemption or suspension stopped the trainer."
     )
+    last_attempt_time: datetime | None = Field(
+        None,
+        description="Creation time of the newest trainer pod counted in attempts (so a pod "
+        "deleted and replaced between two looks is still counted once).",
+    )
 
 
 class TrainerJob(Resource):

@@ -111,6 +111,16 @@ def last_failure(pods: list[dict[str, Any]], container: str = CONTAINER) -> tupl
     return term.get("exitCode"), (term.get("message") or term.get("reason") or "").strip()
 
 
+def new_pods(tj: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[int, str | None]:
+    """Trainer pods created after the newest one already counted in `attempts` (marked by
+    status.lastAttemptTime), and the new mark: a pod deleted before anyone saw it end still
+    counts, since each pod is seen at least once while it exists."""
+    last = (tj.get("status") or {}).get("lastAttemptTime")
+    times = [(p.get("metadata") or {}).get("creationTimestamp") or "" for p in pods]
+    new = [t for t in times if t and (last is None or t > last)]
+    return len(new), max([last or "", *new]) or None
+
+
 def _last_failure_time(pods: list[dict[str, Any]]) -> str:
     return max(
         (
@@ -184,14 +194,21 @@ def derive_status(
 
     active, failed, succeeded = js.get("active", 0), js.get("failed", 0), js.get("succeeded", 0)
     preempted, last_preempted = preemptions(tj, job, pods)
-    started = active + failed + succeeded + preempted
-    out: dict[str, Any] = {
-        "observedGeneration": gen,
-        # Monotonic: a pod killed by a suspension may briefly count as both.
-        "attempts": max(old.get("attempts") or 0, started),
-    }
+    fresh, last_attempt = new_pods(tj, pods)
+    attempts = max((old.get("attempts") or 0) + fresh, active + failed + succeeded + preempted)
+    running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+    if running and active and job.get("spec", {}).get("parallelism", 1) == 1:
+        # Once the replacement runs, the Job's counts have settled: a restart that no counted
+        # failure explains was a stop from outside (ignored by the podFailurePolicy, or a pod
+        # deleted), even when nobody saw the old pod end.
+        preempted = max(preempted, attempts - 1 - failed)
+    out: dict[str, Any] = {"observedGeneration": gen, "attempts": attempts}
+    if last_attempt:
+        out["lastAttemptTime"] = last_attempt
     if preempted:
-        out |= {"preemptions": preempted, "lastPreemptionTime": last_preempted}
+        out["preemptions"] = preempted
+    if last_preempted:
+        out["lastPreemptionTime"] = last_preempted
     if start := old.get("startTime") or js.get("startTime"):
         out["startTime"] = start  # the first start; a suspended Job clears its own
     cond(C.ADMITTED, True, Reason.SHAPE_RESOLVED, f"shape version {old.get('shapeVersion', '?')}")
@@ -235,11 +252,11 @@ def derive_status(
     else:
         if any(c["type"] == C.SUSPENDED and c["status"] == "True" for c in conds):
             cond(C.SUSPENDED, False, Reason.RESUMED, "resumed from the latest checkpoint")
-        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
         if running:
             out["phase"] = JobPhase.RUNNING
             if preempted and (last_preempted or "") >= _last_failure_time(pods):
-                msg = f"attempt {out['attempts']}; resumed after preemption at {last_preempted}"
+                when = f" at {last_preempted}" if last_preempted else ""
+                msg = f"attempt {out['attempts']}; resumed after a preemption{when}"
                 cond(C.RUNNING, True, Reason.PREEMPTED, msg)
             elif failed:
                 code, message = last_failure(pods)
