@@ -13,7 +13,8 @@ spec.suspend, an eviction that marks the pod `DisruptionTarget`, a graceful stop
 75) is counted in `status.preemptions` and `attempts`, and Running says `Preempted`. Each
 preemption is one instant (the Job's `Suspended` transition, or the disrupted pod's end);
 `status.lastPreemptionTime` is the newest one counted, so a repeated reconcile counts nothing
-twice.
+twice. `attempts` counts trainer pods by creation (`status.lastAttemptTime` marks the newest
+counted), because a podFailurePolicy-ignored pod is in none of the Job's counters.
 """
 
 from __future__ import annotations
