@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONPATH := $(CURDIR):$(CURDIR)/operator:$(CURDIR)/trainer_image
 
-.PHONY: venv k8s-bins test test-unit test-trainer test-integration lint format crds crds-check reference \
+.PHONY: venv k8s-bins kueue-bin test test-unit test-trainer test-integration lint format crds crds-check reference \
         cluster-up cluster-down demo clean
 
 venv:
@@ -20,6 +20,10 @@ venv:
 
 k8s-bins:
 	@./hack/k8s/build.sh >/dev/null
+
+# Kueue's controller and CRDs from its Go module (cached by version; the Kueue tests need it).
+kueue-bin:
+	@./hack/kueue/build.sh >/dev/null
 
 lint: venv
 	$(PY) -m ruff check .
@@ -39,7 +43,7 @@ crds-check: venv
 	$(PY) -m vlm_operator.crdgen --out crds --chart-out charts/vlm-trainer-operator/crds --check
 
 # Fast tests first: a unit failure stops the run before the slow parts start.
-test: venv k8s-bins lint
+test: venv k8s-bins kueue-bin lint
 	$(PY) -m pytest -m "unit" -q
 	$(PY) -m pytest -m "not unit" -q
 
@@ -49,7 +53,7 @@ test-unit: venv
 test-trainer: venv
 	$(PY) -m pytest -m trainer -q
 
-test-integration: venv k8s-bins
+test-integration: venv k8s-bins kueue-bin
 	$(PY) -m pytest -m integration -q
 
 cluster-up: venv k8s-bins

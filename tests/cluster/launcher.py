@@ -151,10 +151,31 @@ class ControlPlane:
     port: int
     kubeconfig: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    argv: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.port}"
+
+    def run(self, name: str, argv: list[str]) -> None:
+        """Start one component (its log: logs/<name>.log); `restart` uses the same argv."""
+        self.argv[name] = argv
+        self.procs[name] = spawn(argv, self.workdir / "logs" / f"{name}.log")
+
+    def restart(self, name: str, down_s: float = 0.0) -> None:
+        """Stop a component (SIGTERM), leave it down `down_s` seconds, start it again; for the
+        API server, return once it is ready again (fault-injection tests)."""
+        stop_process(self.procs.pop(name))
+        time.sleep(down_s)
+        self.run(name, self.argv[name])
+        if name == "kube-apiserver":
+            _wait(
+                "kube-apiserver /readyz after a restart",
+                lambda: _get(f"{self.server}/readyz", self.pki)[0] == 200,
+                self.procs,
+                self.workdir,
+                90,
+            )
 
     def stop(self) -> None:
         for name in reversed(list(self.procs)):
@@ -203,11 +224,11 @@ def start_control_plane(workdir: Path, binaries: Binaries | None = None) -> Cont
     workdir.mkdir(parents=True, exist_ok=True)
     binaries = binaries or find_binaries()
     pki = make_pki(workdir / "pki")
-    logs = workdir / "logs"
     etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
     cp = ControlPlane(workdir, binaries, pki, api_port, workdir / "kubeconfig")
     try:
-        cp.procs["etcd"] = spawn(
+        cp.run(
+            "etcd",
             [
                 str(binaries.etcd),
                 f"--data-dir={workdir / 'etcd'}",
@@ -219,9 +240,9 @@ def start_control_plane(workdir: Path, binaries: Binaries | None = None) -> Cont
                 "--unsafe-no-fsync",  # a throwaway test store: durability only costs time
                 "--log-level=warn",
             ],
-            logs / "etcd.log",
         )
-        cp.procs["kube-apiserver"] = spawn(
+        cp.run(
+            "kube-apiserver",
             [
                 str(binaries.kube_apiserver),
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
@@ -241,7 +262,6 @@ def start_control_plane(workdir: Path, binaries: Binaries | None = None) -> Cont
                 "--enable-priority-and-fairness=false",
                 "--v=1",
             ],
-            logs / "kube-apiserver.log",
         )
         write_kubeconfig(cp.kubeconfig, cp.server, pki.ca_cert, pki.admin_cert, pki.admin_key)
         _wait(
@@ -261,7 +281,8 @@ def start_control_plane(workdir: Path, binaries: Binaries | None = None) -> Cont
             "--leader-elect=false",
             "--v=1",
         ]
-        cp.procs["kube-controller-manager"] = spawn(
+        cp.run(
+            "kube-controller-manager",
             [
                 str(binaries.kube_controller_manager),
                 *component,
@@ -274,11 +295,10 @@ def start_control_plane(workdir: Path, binaries: Binaries | None = None) -> Cont
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
             ],
-            logs / "kube-controller-manager.log",
         )
-        cp.procs["kube-scheduler"] = spawn(
+        cp.run(
+            "kube-scheduler",
             [str(binaries.kube_scheduler), *component, f"--secure-port={free_port()}"],
-            logs / "kube-scheduler.log",
         )
 
         def default_namespace_ready() -> bool:

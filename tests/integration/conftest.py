@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.kueue import Kueue, start_kueue
 from tests.cluster.local import LocalCluster
 from tests.integration.operator_env import (
     TINY_SHAPE,
@@ -44,3 +45,16 @@ def demo_ns(cluster: LocalCluster, namespace: str, operator: Operator, demo_asse
     """A namespace whose `vlm-demo` PVC holds the tiny model and the demo data."""
     stage_demo_claim(cluster, namespace, demo_assets)
     return namespace
+
+
+@pytest.fixture(scope="module")
+def kueue(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kueue]:
+    """Kueue's controller, built from its Go module, next to the local control plane; per test
+    module, so the tests that play Kueue's part by hand never meet the real one."""
+    if cluster.control_plane is None:
+        pytest.skip("USE_EXISTING_CLUSTER: the Kueue tests start their own Kueue controller")
+    k = start_kueue(cluster, tmp_path_factory.mktemp("kueue"))
+    try:
+        yield k
+    finally:
+        k.stop()

@@ -172,11 +172,12 @@ def test_deleted_pod_is_retried_and_resumes_from_checkpoint(
     assert running, "the trainer finished before it could be interrupted"
     cluster.kubectl("delete", "pod", running[0], "-n", demo_ns, "--wait=false")
 
-    def retrying() -> bool:
+    # A deleted pod is a disruption, not a failure: SIGTERM, snapshot, exit 75, ignored.
+    def restarted() -> bool:
         c = condition(get(cluster, "tj", "resilient", "-n", demo_ns), "Running")
-        return bool(c and c["reason"] == "Retrying")
+        return bool(c and c["status"] == "True" and c["reason"] == "Preempted")
 
-    wait_for("Running/Retrying", retrying, timeout=120)
+    wait_for("Running/Preempted", restarted, timeout=120)
     tj = finished(cluster, demo_ns, "resilient", timeout=400)
     assert tj["status"]["phase"] == "Succeeded", tj["status"]
     assert tj["status"]["attempts"] == 2

@@ -1,11 +1,21 @@
 """Bad data: ``validate-data`` lists every bad line with its reason; ``sft`` fails before
-training with the same messages and writes no checkpoint."""
+training with the same messages and writes no checkpoint.
+
+The corpus: ``demo_data.bad_sft_lines()`` (every kind the parser catches, limits included) plus
+``EXTRA`` below (raw bytes, and kinds only rendering with the processor catches): more than 40
+kinds, each asserted with its line number and its ``json.path: reason`` fragment. A line longer
+than ``max_line_bytes`` is refused while streaming, without ever being held in memory.
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
+from PIL import Image
+from vlm_trainer.data.images import encode_data_url
 from vlm_trainer.demo_data import bad_sft_lines
 
 from tests.trainer.helpers import run_cli, write_config
@@ -13,14 +23,37 @@ from tests.trainer.helpers import run_cli, write_config
 pytestmark = pytest.mark.trainer
 
 
+def _chat(url: str | None = None, text: str = "What colour?") -> bytes:
+    parts = [{"type": "text", "text": text}]
+    parts += [{"type": "image_url", "image_url": {"url": url}}] if url else []
+    record = {
+        "messages": [{"role": "user", "content": parts}, {"role": "assistant", "content": "red"}]
+    }
+    return json.dumps(record).encode()
+
+
+# (name, raw line, expected fragment): kinds that need raw bytes or the processor to be seen.
+EXTRA = [
+    ("latin-1 bytes", b'{"messages": "caf\xe9"}', "not UTF-8 text: invalid continuation byte"),
+    (
+        "extreme aspect ratio",
+        _chat(encode_data_url(Image.new("RGB", (1, 400)))),
+        "cannot render: ValueError: absolute aspect ratio must be smaller than 200",
+    ),
+    ("image token typed as text", _chat(text="see <|image_pad|>"), "1 image placeholders for 0"),
+]
+
+
 @pytest.fixture(scope="module")
 def bad_file(tmp_path_factory):
-    lines = bad_sft_lines()
+    lines = [(line.encode(), why) for line, why in bad_sft_lines()]
+    lines += [(raw, why) for _, raw, why in EXTRA]
     path = tmp_path_factory.mktemp("bad") / "bad.jsonl"
-    path.write_text("\n".join(line for line, _ in lines) + "\n")
+    path.write_bytes(b"\n".join(line for line, _ in lines) + b"\n")
     expected = {i + 1: why for i, (_, why) in enumerate(lines) if why}
-    assert len(expected) >= 10 and len(expected) < len(lines)  # good lines mixed in
-    return path, expected
+    assert len(expected) >= 40 and len(expected) < len(lines)  # good lines mixed in
+    assert len(set(expected.values())) == len(expected)  # 40+ different kinds
+    return path, expected, len(lines)
 
 
 def issue_lines(output: str, path) -> dict[int, str]:
@@ -33,31 +66,34 @@ def issue_lines(output: str, path) -> dict[int, str]:
 
 
 def test_validate_data_lists_every_bad_line(bad_file, tiny_model):
-    path, expected = bad_file
+    path, expected, total = bad_file
     out = run_cli("validate-data", str(path), "--model", str(tiny_model))
     assert out.returncode == 1
     found = issue_lines(out.stdout, path)
     assert set(found) == set(expected)
     for line, why in expected.items():
         assert why in found[line], (line, why, found[line])
-    assert f"{len(expected)} of {len(expected) + 2} records invalid" in out.stderr
+    assert f"{len(expected)} of {total} records invalid" in out.stderr
 
 
 def test_sft_fails_before_training_with_the_same_messages(bad_file, tiny_model, tmp_path):
-    path, expected = bad_file
+    path, expected, _ = bad_file
     cfg = write_config(tmp_path / "cfg.yaml", base_model=tiny_model, dataset=path,
                        log_path=tmp_path / "log", save_every_steps=1)  # fmt: skip
     out = run_cli("sft", "--config", str(cfg))
     assert out.returncode == 65
-    validated = run_cli("validate-data", str(path))
+    validated = run_cli("validate-data", str(path), "--model", str(tiny_model))
     assert issue_lines(out.stdout, path) == issue_lines(validated.stdout, path)
-    assert set(issue_lines(out.stdout, path)) == set(expected)
+    found = issue_lines(out.stdout, path)
+    assert set(found) == set(expected)
+    for line, why in expected.items():
+        assert why in found[line], (line, why, found[line])
     assert not (tmp_path / "log" / "checkpoints").exists()
     assert '"event": "start"' not in out.stdout  # no training step was ever started
 
 
 def test_eval_dataset_is_validated_too(bad_file, tiny_model, demo_data, tmp_path):
-    path, _ = bad_file
+    path, _, _ = bad_file
     cfg = write_config(tmp_path / "cfg.yaml", base_model=tiny_model,
                        dataset=demo_data / "sft_train.jsonl", eval_dataset=path,
                        log_path=tmp_path / "log")  # fmt: skip
@@ -93,10 +129,41 @@ def test_config_errors_exit_2(tmp_path):
 
 
 def test_without_prevalidation_the_first_bad_line_stops_training(bad_file, tiny_model, tmp_path):
-    path, expected = bad_file
+    path, expected, _ = bad_file
     cfg = write_config(tmp_path / "cfg.yaml", base_model=tiny_model, dataset=path,
                        log_path=tmp_path / "log", validate_before_training=False)  # fmt: skip
     out = run_cli("sft", "--config", str(cfg))
     assert out.returncode == 65
     found = issue_lines(out.stdout, path)
     assert len(found) == 1 and set(found) <= set(expected), out.stdout[-2000:]
+
+
+def _peak_rss_mb(*argv: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run ``vlm-trainer ARGV`` in a fresh interpreter; its own peak RSS in MB."""
+    code = (
+        "import resource, sys; from vlm_trainer.cli import main; rc = main(sys.argv[1:]); "
+        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
+        "sys.exit(rc)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=300
+    )
+    peak = [ln for ln in out.stderr.splitlines() if ln.startswith("PEAK_KB")]
+    assert peak, out.stderr[-2000:]
+    return out, int(peak[0].split()[1]) / 1024
+
+
+def test_a_100_mb_line_is_refused_while_streaming(tmp_path, demo_data):
+    """Line 2 holds 100 MB: refused with its size, never read whole (peak RSS stays within
+    40 MB of a run without it); the lines after it keep their numbers."""
+    good = (demo_data / "sft_eval.jsonl").read_text().splitlines()[0].encode()
+    small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"
+    small.write_bytes(good + b"\n" + good + b"\n{not json\n")
+    with open(big, "wb") as f:
+        f.write(good + b"\n" + b'{"messages": "' + b"a" * (100 << 20) + b'"}\n{not json\n')
+    base, base_peak = _peak_rss_mb("validate-data", str(small))
+    out, peak = _peak_rss_mb("validate-data", str(big))
+    assert base.returncode == out.returncode == 1
+    assert f"{big}:2: line is {(100 << 20) + 17} bytes, above max_line_bytes=33554432" in out.stdout
+    assert f"{big}:3: not valid JSON" in out.stdout
+    assert peak < base_peak + 40, (peak, base_peak)

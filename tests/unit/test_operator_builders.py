@@ -73,7 +73,7 @@ def test_single_node_job_requests_gpus_and_mounts_claims() -> None:
     assert (
         pod["nodeSelector"] == {"gpu": "h100"} and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     )
-    assert c["command"][0] == "torchrun"  # 4 GPUs: one process per GPU
+    assert c["command"][:3] == ["vlm-trainer", "launch", "torchrun"]  # one process per GPU
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["NPROC_PER_NODE"] == "4" and env["NNODES"] == "1"
     assert env["VLM_CHECKPOINT_URI"] == "pvc://ckpts/team-a/run1-tj-1/checkpoints"

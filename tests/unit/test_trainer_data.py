@@ -108,6 +108,21 @@ def test_line_index_skips_blank_lines_and_seeks(tmp_path):
     assert [ln for ln, _, _ in iter_lines(p)] == [1, 3, 5]
 
 
+def test_an_overlong_line_is_skipped_in_chunks_and_the_rest_keeps_its_place(tmp_path):
+    from vlm_trainer.data.jsonl import Overlong
+
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b'{"a": 1}\n' + b"x" * 3_000_000 + b'\n\n{"a": 3}\n' + b"y" * 5000)
+    idx = LineIndex(p, max_line_bytes=4096)
+    assert list(idx.lines) == [1, 2, 4, 5]
+    with open(p, "rb") as f:
+        assert idx.read(f, 1)[1] == Overlong(3_000_001, 4096)  # size includes the newline
+        assert json.loads(idx.read(f, 2)[1]) == {"a": 3}
+        assert idx.read(f, 3)[1] == Overlong(5000, 4096)  # last line, no newline
+    _, issues = parse_line(Overlong(3_000_001, 4096), file="f", line=2)
+    assert str(issues[0]) == "f:2: line is 3000001 bytes, above max_line_bytes=4096"
+
+
 def test_data_urls():
     png = encode_data_url(Image.new("RGB", (3, 2)))
     assert decode_data_url(png)[:4] == b"\x89PNG"

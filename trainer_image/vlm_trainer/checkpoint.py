@@ -18,6 +18,9 @@ that nothing mistakes for one (``latest_verified`` ignores and ``clean_temp`` re
 ``verify`` re-hashes every file against the manifest; resume uses the newest step that verifies
 and whose manifest names this run's job UID (``job_uid``: the TrainerJob's ``metadata.uid``), so
 a job re-created under a reused name never continues an earlier job's run.
+A write that fails (disk full, or any other I/O error) removes its ``.tmp-*`` folder, keeps every
+older checkpoint and raises ``SnapshotWriteError`` (bytes needed vs free): the CLI exits with
+``exit_codes.EXIT_STORAGE_FULL``, which the operator does not retry into the same wall.
 
 ``VLM_TRAINER_FAULT=<point>:<step>`` makes the process SIGKILL itself at a named point
 (``after_checkpoint``, ``during_checkpoint``); the resume tests use it to kill at an exact
@@ -35,10 +38,13 @@ import shutil
 import signal
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from .exit_codes import EXIT_STORAGE_FULL
 
 MANIFEST = "manifest.json"
 STATE_DIR = "trainer_state"
@@ -61,6 +67,60 @@ def fault_point(point: str, step: int) -> None:
 # Writing
 
 
+class SnapshotWriteError(Exception):
+    """A checkpoint could not be written; its partial folder is gone, older ones are kept."""
+
+    exit_code = EXIT_STORAGE_FULL
+
+
+# How libraries that do not raise OSError report a failed write (safetensors' Rust IoError,
+# torch.save's C++ stream: "basic_ios::clear: iostream error"), besides the OS's own words.
+_WRITE_ERROR_WORDS = ("no space left", "os error", "ioerror", "iostream error", "disk quota")
+
+
+def _is_write_error(e: BaseException | None) -> bool:
+    seen = 0
+    while e is not None and seen < 8:  # the exception and what caused it
+        if isinstance(e, OSError) or any(w in str(e).lower() for w in _WRITE_ERROR_WORDS):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def _release(e: BaseException | None) -> None:
+    """Drop the local variables of the failed write's frames: a writer's open file (torch.save
+    leaves one) would otherwise hold the deleted bytes until garbage collection."""
+    for _ in range(8):
+        if e is None:
+            return
+        traceback.clear_frames(e.__traceback__)
+        e = e.__cause__ or e.__context__
+
+
+def _tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0
+
+
+def _write_error(root: Path, name: str, e: BaseException, written: int) -> SnapshotWriteError:
+    """The message of a failed write, measured after the partial folder was removed."""
+    kept = [p for _, p in list_steps(root)]
+    newest = (read_manifest(kept[-1]) or {}).get("files", {}) if kept else {}
+    previous = sum(int(f.get("size", 0)) for f in newest.values())
+    needed = max(written, previous)
+    basis = "the size of the newest snapshot" if previous >= written else "written before failing"
+    usage = shutil.disk_usage(root)
+    # A library may hide ENOSPC behind its own words: fewer free bytes than needed says it too.
+    full = "no space left" in str(e).lower() or getattr(e, "errno", None) == 28
+    full = full or usage.free < needed
+    what = "disk full" if full else f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+    return SnapshotWriteError(
+        f"could not write checkpoint {name} under {root} ({what}): it needs about {needed} "
+        f"bytes ({basis}), {usage.free} of {usage.total} bytes are free. The partial folder was "
+        f"removed; checkpoints kept: {', '.join(p.name for p in kept) or 'none'}. Free space or "
+        "enlarge the volume, then restart: training resumes from the newest kept checkpoint"
+    )
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -71,6 +131,23 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def _write_manifest(tmp: Path, manifest: dict, name: str, step: int) -> dict:
+    files = {
+        str(p.relative_to(tmp)): {"sha256": sha256_file(p), "size": p.stat().st_size}
+        for p in _files(tmp)
+    }
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        **manifest,
+        "name": name,
+        "step": step,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "files": files,
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
 
 
 def _fsync_tree(root: Path) -> None:
@@ -97,23 +174,20 @@ def write_checkpoint(
     (with a sha256 per file) is added, everything is fsynced, then the folder is renamed to
     ``root/name``. Returns the final path and the manifest."""
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
-    write_files(tmp)
-    fault_point("during_checkpoint", step)
-    files = {
-        str(p.relative_to(tmp)): {"sha256": sha256_file(p), "size": p.stat().st_size}
-        for p in _files(tmp)
-    }
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        **manifest,
-        "name": name,
-        "step": step,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": files,
-    }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    _fsync_tree(tmp)
+    tmp = root / f".tmp-{name}-unborn"
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+        write_files(tmp)
+        fault_point("during_checkpoint", step)
+        manifest = _write_manifest(tmp, manifest, name, step)
+        _fsync_tree(tmp)
+    except Exception as e:
+        written = _tree_bytes(tmp)
+        _release(e)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _is_write_error(e):
+            raise _write_error(root, name, e, written) from e
+        raise
     final = root / name
     if final.exists():  # e.g. a re-run that reaches the same step: replace, never merge
         old = Path(tempfile.mkdtemp(prefix=f".old-{name}-", dir=root))

@@ -12,13 +12,18 @@ Subcommands::
     vlm-trainer dpo --config cfg.yaml [key=value ...]     train (or resume) with the DPO recipe
     vlm-trainer rl --config cfg.yaml [key=value ...]      train (or resume) with the RL recipe
     vlm-trainer plot RUN_DIR [-o curves.png]              PNG of loss, eval and reward curves
+    vlm-trainer launch torchrun [ARGS ...]                PID 1 of a several-process pod (launch.py)
 
 ``--config`` defaults to ``/etc/vlm-trainer/config.yaml`` (where the operator mounts it) when
-that file exists. Exit codes: 0 success; 1 ``validate-data`` found bad lines (every bad line is
-printed, one per line, ``file:line: json.path: reason``); 2 bad usage; 65 a training command
-refused its data (EX_DATAERR); 78 a bad config (EX_CONFIG); 3 any other failure. Inside a pod
-the reason is also written to the termination message, where the operator reads it: 65 and 78
-fail the TrainerJob at once (``DataInvalid``, ``InvalidSpec``) since a retry cannot fix them.
+that file exists. Exit codes (``exit_codes.py``, shared with the operator): 0 success; 1
+``validate-data`` found bad lines (every bad line is printed, one per line,
+``file:line: json.path: reason``); 2 bad usage; 65 a training command refused its data
+(EX_DATAERR); 78 a bad config (EX_CONFIG); 74 a snapshot could not be written (disk full);
+73 ``promote``'s output model exists (no ``--overwrite``); 75 stopped on SIGTERM after writing
+a snapshot (``graceful.py``; not a failure); 3 any other failure. Inside a pod the reason is
+also written to the termination message, where the operator reads it: 65, 74 and 78 fail the
+TrainerJob at once (``DataInvalid``, ``StorageFull``, ``InvalidSpec``) since a retry cannot fix
+them.
 Heavy imports (torch, transformers) happen inside the subcommands, so ``--help`` is instant.
 """
 
@@ -32,10 +37,16 @@ import traceback
 from pathlib import Path
 
 from .config import DEFAULT_CONFIG_PATH, ConfigError, DPOConfig, RLConfig, SFTConfig, load_config
-
-EXIT_OK, EXIT_DATA_INVALID, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
-EXIT_DATA_REFUSED, EXIT_CONFIG = 65, 78  # the operator's podFailurePolicy knows these two
-EXIT_MODEL_EXISTS = 73  # EX_CANTCREAT: promote's output model exists (reason ModelExists)
+from .exit_codes import (
+    EXIT_CONFIG,
+    EXIT_DATA_INVALID,
+    EXIT_DATA_REFUSED,
+    EXIT_FAILED,
+    EXIT_MODEL_EXISTS,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    EXIT_STORAGE_FULL,
+)
 
 
 def _config_path(arg: str | None) -> str | None:
@@ -70,6 +81,12 @@ def cmd_rl(args) -> int:
     return EXIT_OK if rl.main(cfg) else EXIT_FAILED
 
 
+def cmd_launch(args) -> int:
+    from .launch import main as launch
+
+    return launch(args.argv)
+
+
 def cmd_eval(args) -> int:
     from .evaluate import evaluate_file
     from .model import load_for_inference, quiet_transformers
@@ -97,18 +114,19 @@ def cmd_eval(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    from .data.limits import DataLimits
     from .data.validate import validate_file
 
     files: list[str] = list(args.files)
     renderer = None
-    max_pixels = 50_000_000
+    limits = None  # the defaults of data/limits.py, or the training config's
     cfg_path = _config_path(args.config) if args.config or not files else None
     if cfg_path:  # the training config names the files, the processor and the limits
         config_class = {"sft": SFTConfig, "dpo": DPOConfig, "rl": RLConfig}[args.mode]
         cfg = load_config(config_class, cfg_path, args.overrides)
         files = files or [cfg.dataset] + ([cfg.eval_dataset] if cfg.eval_dataset else [])
         args.model = args.model or cfg.processor_path
-        max_pixels = cfg.max_image_pixels
+        limits = DataLimits.from_config(cfg)
         args.max_seq_len = args.max_seq_len or cfg.max_seq_len
         args.train_on, args.on_truncation = cfg.train_on, cfg.on_truncation
         args.reward = args.reward or getattr(cfg, "reward", None)
@@ -124,7 +142,7 @@ def cmd_validate(args) -> int:
             args.max_seq_len or 4096,
             args.train_on,
             args.on_truncation,
-            max_pixels,
+            limits=limits,
         )
     from .config import local_path
 
@@ -139,7 +157,12 @@ def cmd_validate(args) -> int:
     bad = False
     for f in files:
         summary = validate_file(
-            local_path(f), args.mode, renderer, max_pixels, args.max_issues, reward
+            local_path(f),
+            args.mode,
+            renderer,
+            max_issues=args.max_issues,
+            limits=limits,
+            reward=reward,
         )
         for issue in summary.issues:
             print(issue)
@@ -249,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys")
         r.set_defaults(func=func)
 
+    la = sub.add_parser("launch", help="run torchrun as a pod's PID 1 (graceful SIGTERM)")
+    la.add_argument("argv", nargs=argparse.REMAINDER, metavar="torchrun ARGS")
+    la.set_defaults(func=cmd_launch)
+
     # The operator's short Jobs on a Checkpoint (promote.py).
     vc = sub.add_parser("verify-checkpoint", help="re-hash a checkpoint against its manifest")
     vc.add_argument("dir")
@@ -319,9 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data.jsonl import DataInvalidError
+    from .graceful import Stopped
 
     try:
         return args.func(args)
+    except Stopped as e:  # SIGTERM: a snapshot was written; the next pod resumes from it
+        print(e, file=sys.stderr)
+        _termination_message(f"preempted: {e}")
+        if marker := os.environ.get("VLM_STOP_MARKER"):  # for launch.py, under torchrun
+            Path(marker).write_text(f"{e}\n")
+        return EXIT_PREEMPTED
     except DataInvalidError as e:
         report = e.report()
         print(report, file=sys.stdout)
@@ -334,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:
+        if getattr(e, "exit_code", None) == EXIT_STORAGE_FULL:  # checkpoint.SnapshotWriteError
+            print(f"storage error: {e}", file=sys.stderr)  # a retry would hit the same wall
+            _termination_message(f"storage full: {e}")
+            return EXIT_STORAGE_FULL
         traceback.print_exc()
         _termination_message(f"{type(e).__name__}: {e}")
         return EXIT_FAILED

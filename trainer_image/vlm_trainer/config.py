@@ -67,6 +67,14 @@ class TrainConfig(BaseModel):
     max_image_pixels: int = Field(
         50_000_000, ge=1, description="Images with more pixels are rejected (decompression bombs)."
     )
+    # What one dataset line may cost (data/limits.py); a breach is a bad line, not a crash.
+    max_line_bytes: int = Field(32 << 20, ge=1024, description="Longest JSONL line, in bytes.")
+    max_json_depth: int = Field(32, ge=8, description="Deepest nesting of JSON objects/lists.")
+    max_json_int_digits: int = Field(100, ge=1, description="Longest JSON integer, in digits.")
+    max_images_per_record: int = Field(64, ge=1)
+    max_record_pixels: int = Field(
+        100_000_000, ge=1, description="All images of one record together, from their headers."
+    )
 
     # Optimisation.
     epochs: int = Field(1, ge=1)

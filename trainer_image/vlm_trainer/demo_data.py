@@ -227,8 +227,83 @@ def bad_sft_lines(seed: int = 0) -> list[tuple[str, str | None]]:
             "only supported in user messages",
         ),
         ({"messages": [user(img_part(img)), ans]}, None),
+        *_limit_lines(user, img_part, ans, img),
+        *_shape_lines(user, img_part, ans, img),
+        (good, None),
     ]
     return [(r if isinstance(r, str) else json.dumps(r), why) for r, why in records]
+
+
+def _limit_lines(user, img_part, ans, img) -> list[tuple[object, str]]:
+    """Lines that break a limit of ``data/limits.py`` (defaults) or lie about their bytes."""
+    ok = {"messages": [user(img_part(img)), ans]}
+    deep: object = "x"
+    for _ in range(40):
+        deep = {"a": deep}
+    tiny = encode_data_url(Image.new("RGB", (1, 1)))
+    big = encode_data_url(Image.new("1", (7000, 5000)))  # 35 Mpx each, a few KB of PNG
+    png_as_jpeg = img.replace("image/png", "image/jpeg")
+    jpeg = encode_data_url(Image.new("RGB", (16, 16)), fmt="JPEG")
+    return [
+        ('{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested more than max_json_depth"),
+        ({**ok, "meta": deep}, ".a.a.a: nested more than max_json_depth=32 levels deep"),
+        ('{"id": ' + "7" * 5000 + ', "messages": []}', "id: integer of 5000 digits"),
+        (json.dumps(ok)[:-1] + ', "score": NaN}', "score: number 'NaN' is not finite"),
+        (json.dumps(ok)[:-1] + ', "score": -1e999}', "score: number '-1e999' is not finite"),
+        ({"messages": [user(img_part(png_as_jpeg)), ans]}, "url: declared image/jpeg but the data"),
+        (
+            {"messages": [user(img_part(jpeg.replace("image/jpeg", "image/png"))), ans]},
+            "declared image/png but the data is JPEG",
+        ),
+        (
+            {"messages": [user(*[img_part(tiny)] * 65), ans]},
+            "messages[0].content[64].image_url.url: more than max_images_per_record=64",
+        ),
+        (
+            {"messages": [user(*[img_part(big)] * 3), ans]},
+            "content[2].image_url.url: the record's images add up to more than max_record_pixels",
+        ),
+        (json.dumps(ok)[:-1] + ', "note": "\\ud800"}', "note: lone surrogate \\ud800"),
+    ]
+
+
+def _shape_lines(user, img_part, ans, img) -> list[tuple[object, str]]:
+    """Lines whose JSON is fine but whose shape is not a chat record."""
+    text = {"type": "text", "text": "hi"}
+    return [
+        ("\ufeff" + json.dumps({"messages": [user(text), ans]}), "not valid JSON: Unexpected"),
+        (json.dumps({"messages": [user(text), ans]}) + " extra", "not valid JSON: Extra data"),
+        ('{"messages": [{"role": "user", "content": "hi"', "not valid JSON: Expecting"),
+        ("null", "expected a JSON object, got null"),
+        ({"messages": {"role": "user"}}, "messages: expected a list of messages, got an object"),
+        ({"messages": ["hi", ans]}, "messages[0]: expected a message object, got a string"),
+        ({"messages": [{"role": "user", "content": 3}, ans]}, "messages[0].content: expected a"),
+        ({"messages": [{"role": "user", "content": []}, ans]}, "content: empty list of parts"),
+        ({"messages": [user("hi"), ans]}, "content[0]: expected a content part object"),
+        ({"messages": [user({"type": "text", "text": 5}), ans]}, "text: expected a string, got"),
+        ({"messages": [user({"text": "hi"}), ans]}, "messages[0].content[0].type: missing"),
+        ({"messages": [user({"type": "image_url", "image_url": 7}), ans]}, "image_url: missing"),
+        ({"messages": [user(img_part("data:image/png,AAAA")), ans]}, "must be base64-encoded"),
+        ({"messages": [user(img_part("data:image/png;base64")), ans]}, "has no ','"),
+        ({"messages": [user(img_part("data:image/png;base64,")), ans]}, "empty image data"),
+        ({"messages": [user(img_part(12)), ans]}, "url: expected a string URL, got int"),
+        ({"messages": [user(img_part("images/cat.png")), ans]}, "expected a data:image/png"),
+        ({"chosen": {"messages": []}, "rejected": {}}, "this looks like a DPO record"),
+        (
+            {"messages": [{"role": "system", "content": "x"}]},
+            "messages: no assistant message: nothing",
+        ),
+        ({"messages": [{"role": 5, "content": "x"}, ans]}, "messages[0].role: unknown role 5"),
+        (
+            {
+                "messages": [
+                    user(img_part(img)),
+                    {"role": "assistant", "content": [text | {"text": " "}]},
+                ]
+            },
+            "messages[1].content: empty assistant message",
+        ),
+    ]
 
 
 def _webp_b64() -> str:

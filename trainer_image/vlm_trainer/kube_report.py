@@ -13,6 +13,11 @@ nothing here runs and no cluster is needed. It uses the pod's service-account to
   UID) is never touched: the new one is named `<job>-<step>-<uid[:8]>` instead;
 - before keepLast deletes a snapshot, its Checkpoint is annotated `vlmtrain.dev/pruned` (the
   operator turns it into phase Pruned); one with a promotion requested or done keeps its files.
+
+Training never waits for the API server: reports go through `api_sender.ApiSender` (a background
+thread; every call with a connect+read timeout and bounded retries; the latest status wins and
+is re-sent when the server comes back). The end of the run waits at most
+`VLM_REPORT_FLUSH_S` seconds (default 15) for what is still pending.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from .api_sender import ApiSender
 
 GROUP, VERSION = "vlmtrain.dev", "v1alpha1"
 JOB_LABEL = "vlmtrain.dev/trainer-job"
@@ -63,11 +70,16 @@ def _finite(v: Any) -> float | None:
 class KubernetesReporter:
     """A `report.Reporter` that writes to the TrainerJob and creates Checkpoints."""
 
-    def __init__(self) -> None:
+    def __init__(self, api_client=None, **sender_options) -> None:
+        """``api_client``: a ``kubernetes.client.ApiClient`` (default: the pod's in-cluster
+        config); ``sender_options`` go to ``ApiSender`` (timeouts, retries)."""
         from kubernetes import client, config
 
-        config.load_incluster_config()
-        self.api = client.CustomObjectsApi()
+        if api_client is None:
+            config.load_incluster_config()
+        self.api = client.CustomObjectsApi(api_client)
+        self.sender = ApiSender(self._patch_call, self._create_call, **sender_options)
+        self.flush_s = float(os.environ.get("VLM_REPORT_FLUSH_S", "15"))
         env = os.environ
         self.name, self.ns = env["VLM_TRAINERJOB_NAME"], env["VLM_TRAINERJOB_NAMESPACE"]
         self.uid = env.get("VLM_TRAINERJOB_UID")
@@ -87,6 +99,9 @@ class KubernetesReporter:
         self.first_step: int | None = None
 
     def _patch_status(self, status: dict[str, Any]) -> None:
+        self.sender.put_status(status)  # returns at once; latest wins
+
+    def _patch_call(self, status: dict[str, Any], timeout: tuple[float, float]) -> None:
         self.api.patch_namespaced_custom_object_status(
             GROUP,
             VERSION,
@@ -95,7 +110,43 @@ class KubernetesReporter:
             self.name,
             {"status": status},
             _content_type="application/merge-patch+json",
+            _request_timeout=timeout,
         )
+
+    def _create_call(self, body: dict[str, Any], timeout: tuple[float, float]) -> None:
+        """Create the Checkpoint (on the sender's thread), then point `latestCheckpoint` at it.
+
+        One of this job's of the same name (a resumed run saving a step again) is kept; one of
+        an earlier job under the same name (another UID, not yet garbage-collected, or
+        promoted) is left alone and this one gets the UID's first 8 characters as a suffix."""
+        from kubernetes.client.rest import ApiException
+
+        name = body["metadata"]["name"]
+        for candidate in (name, f"{name}-{(self.uid or '')[:8]}"):
+            body = {**body, "metadata": {**body["metadata"], "name": candidate}}
+            try:
+                self.api.create_namespaced_custom_object(
+                    GROUP, VERSION, self.ns, "checkpoints", body, _request_timeout=timeout
+                )
+                break
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+            old = self.api.get_namespaced_custom_object(
+                GROUP, VERSION, self.ns, "checkpoints", candidate, _request_timeout=timeout
+            )
+            # Ours: owned by this UID, or (promoted, so no owner any more) holding our files.
+            if not self.uid or self.uid in _owner_uids(old) or _same_uri(old, body):
+                break
+        else:  # never retried: the names stay taken, and creates go first in the queue
+            print(
+                f"kube report: Checkpoint names {name} and {candidate} belong to other jobs; "
+                "this snapshot gets no Checkpoint",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        self.sender.put_status({"latestCheckpoint": candidate})
 
     def _progress(self, step: int, m: dict[str, Any]) -> dict[str, Any]:
         p: dict[str, Any] = {"step": step, "updatedAt": _now()}
@@ -169,34 +220,10 @@ class KubernetesReporter:
                     "blockOwnerDeletion": False,
                 }
             ]
-        ckpt = self._create_checkpoint(body)
-        self._patch_status({"latestCheckpoint": ckpt, "progress": self._progress(step, {})})
-
-    def _create_checkpoint(self, body: dict[str, Any]) -> str:
-        """Create the Checkpoint; returns its name. One of this job's of the same name (a
-        resumed run saving a step again) is kept; one of an earlier job under the same name
-        (another UID, not yet garbage-collected, or promoted) is left alone and this one gets
-        the UID's first 8 characters as a suffix."""
-        from kubernetes.client.rest import ApiException
-
-        name = body["metadata"]["name"]
-        for candidate in (name, f"{name}-{(self.uid or '')[:8]}"):
-            body["metadata"]["name"] = candidate
-            try:
-                self.api.create_namespaced_custom_object(
-                    GROUP, VERSION, self.ns, "checkpoints", body
-                )
-                return candidate
-            except ApiException as e:
-                if e.status != 409:
-                    raise
-            old = self.api.get_namespaced_custom_object(
-                GROUP, VERSION, self.ns, "checkpoints", candidate
-            )
-            # Ours: owned by this UID, or (promoted, so no owner any more) holding our files.
-            if not self.uid or self.uid in _owner_uids(old) or _same_uri(old, body):
-                return candidate
-        raise RuntimeError(f"Checkpoint names {name} and {candidate} belong to other jobs")
+        # Sent in order by the background sender; `latestCheckpoint` follows once the name
+        # is settled (_create_call).
+        self.sender.put_create(body)
+        self._patch_status({"progress": self._progress(step, {})})
 
     def may_prune(self, path: Path) -> bool:
         """Mark this snapshot's Checkpoint pruned before keepLast deletes its files; False (keep
@@ -248,8 +275,19 @@ class KubernetesReporter:
     def on_done(self, summary: dict[str, Any]) -> None:
         step = int(summary.get("step") or self.total_steps)
         self._patch_status({"progress": self._progress(step, summary)})
+        self._flush()
+
+    def on_stopped(self, info: dict[str, Any]) -> None:
+        step = int(info.get("step") or 0)
+        self._patch_status({"progress": self._progress(step, {})})
+        self._flush()
 
     def on_error(self, message: str) -> None:
         print(
             f"trainer error reported in the termination message: {message[:200]}", file=sys.stderr
         )
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self.sender.flush(self.flush_s):
+            print(f"kube report: not all reports sent within {self.flush_s}s", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 A recipe calls, in order: ``on_start(info)``, then ``on_step(metrics)`` once per optimizer step
 (and ``on_eval(metrics)`` after an evaluation), ``on_checkpoint(path, step, manifest)`` after
-each checkpoint is complete, and ``on_done(summary)`` or ``on_error(message)`` at the end.
+each checkpoint is complete, and ``on_done(summary)``, ``on_stopped(info)`` (a graceful stop
+on SIGTERM: ``step``, ``snapshot``, ``reason``) or ``on_error(message)`` at the end.
 Before ``keepLast`` deletes a snapshot, ``may_prune(path)`` asks every reporter that has it.
 Reporters must not raise into the training loop; a failing reporter logs and carries on.
 
@@ -31,6 +32,7 @@ class Reporter(Protocol):
     def on_eval(self, metrics: dict[str, Any]) -> None: ...
     def on_checkpoint(self, path: Path, step: int, manifest: dict[str, Any]) -> None: ...
     def on_done(self, summary: dict[str, Any]) -> None: ...
+    def on_stopped(self, info: dict[str, Any]) -> None: ...
     def on_error(self, message: str) -> None: ...
 
 
@@ -75,6 +77,9 @@ class LocalReporter:
 
     def on_done(self, summary: dict[str, Any]) -> None:
         self._emit({"event": "done", **summary})
+
+    def on_stopped(self, info: dict[str, Any]) -> None:
+        self._emit({"event": "stopped", **info})
 
     def on_error(self, message: str) -> None:
         self._emit({"event": "error", "message": message})

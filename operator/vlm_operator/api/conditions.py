@@ -84,12 +84,14 @@ class Reason(StrEnum):
     PODS_PENDING = "PodsPending"
     TRAINING = "Training"
     RETRYING = "Retrying"
+    PREEMPTED = "Preempted"
     # TrainerJob Succeeded / Failed
     COMPLETED = "Completed"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     DATA_INVALID = "DataInvalid"
     TRAINER_FAILED = "TrainerFailed"
+    STORAGE_FULL = "StorageFull"
     JOB_DELETED = "JobDeleted"
     CHILD_CONFLICT = "ChildConflict"
     # TrainerJob Suspended
@@ -141,6 +143,11 @@ REASON_HELP: dict[Reason, str] = {
     "message lists the lines and fields (run vlm-trainer validate-data locally to see all).",
     Reason.TRAINER_FAILED: "The trainer exited with an error; the message holds its exit code "
     "and termination message.",
+    Reason.PREEMPTED: "The trainer was stopped by a disruption (Kueue preemption, "
+    "suspension, eviction), wrote a snapshot at its current step and will resume from it; "
+    "this does not count against spec.backoffLimit.",
+    Reason.STORAGE_FULL: "The checkpoint storage is full (trainer exit code 74, not retried): "
+    "free space or give the job more storage; the message says how many bytes were needed.",
     Reason.JOB_DELETED: "The batch/v1 Job was deleted from outside the operator.",
     Reason.CHILD_CONFLICT: "An object the job needs (Job, ConfigMap, Service, ServiceAccount, "
     "Role or RoleBinding; the message names it) exists and was not created for this TrainerJob "

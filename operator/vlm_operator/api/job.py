@@ -476,6 +476,13 @@ class TrainerJobSpec(ApiModel):
             presence_fixed("podOverrides"),
             presence_fixed("queueName"),
             presence_fixed("initFrom"),
+            presence_fixed("workloadPriorityClass"),
+            Rule(
+                "!has(self.workloadPriorityClass) || has(self.queueName)",
+                "workloadPriorityClass needs queueName (it is Kueue's priority)",
+                field_path=".workloadPriorityClass",
+                reason="FieldValueForbidden",
+            ),
             _PROMOTE_ONCE,
             Rule(
                 "!has(self.promote) || self.promote.select != 'best' || has(self.evalDataset)",
@@ -533,6 +540,14 @@ class TrainerJobSpec(ApiModel):
         description="Kueue LocalQueue to submit to: the Job gets the kueue.x-k8s.io/"
         "queue-name label and starts suspended until Kueue admits it. Immutable.",
     )
+    workload_priority_class: Annotated[QueueName | None, Immutable("workloadPriorityClass")] = (
+        Field(
+            None,
+            description="Kueue WorkloadPriorityClass of the job (the kueue.x-k8s.io/priority-class "
+            "label on its Job): with preemption enabled in the ClusterQueue, a higher one evicts a "
+            "lower one, which snapshots and later resumes. Needs queueName. Immutable.",
+        )
+    )
     backoff_limit: int = Field(
         3,
         ge=0,
@@ -566,6 +581,8 @@ class TrainerJobSpec(ApiModel):
             raise ValueError(
                 "hyperparameters.tokensPerBatch (packing) is only supported when mode is sft"
             )
+        if self.workload_priority_class and not self.queue_name:
+            raise ValueError("workloadPriorityClass needs queueName (it is Kueue's priority)")
         return self
 
     def dpo_settings(self) -> DpoSettings:
@@ -648,7 +665,23 @@ class TrainerJobStatus(StatusModel):
         None, max_length=253, description="Name of the newest Checkpoint object of this job."
     )
     attempts: int | None = Field(
-        None, ge=0, description="Trainer pods started so far (1 + retries)."
+        None,
+        ge=0,
+        description="Trainer pods started so far (1 + retries), preempted ones included.",
+    )
+    preemptions: int | None = Field(
+        None,
+        ge=0,
+        description="Times the trainer was stopped by a disruption (Kueue preemption, "
+        "suspension, eviction) rather than a failure; these never use up backoffLimit.",
+    )
+    last_preemption_time: datetime | None = Field(
+        None, description="When the latest preemption or suspension stopped the trainer."
+    )
+    last_attempt_time: datetime | None = Field(
+        None,
+        description="Creation time of the newest trainer pod counted in attempts (so a pod "
+        "deleted and replaced between two looks is still counted once).",
     )
     init_from: InitFromStatus | None = Field(
         None, description="The Checkpoint spec.initFrom resolved to (kept from pruning)."

@@ -16,12 +16,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from vlm_trainer.exit_codes import EXIT_MODEL_EXISTS  # promote: the output model exists
+
 from vlm_operator.builders.job import NON_ROOT_UID, cache_env
 from vlm_operator.builders.labels import CHECKPOINT_LABEL, child_meta, job_labels
 from vlm_operator.builders.storage import StorageMounts, join_uri
 
 CONTAINER = "worker"
-EXIT_MODEL_EXISTS = 73  # vlm-trainer promote: the output model exists (no retry helps)
 
 
 def task_job_name(checkpoint: str, task: str) -> str:

@@ -5,9 +5,16 @@ Supported: one pod per node; one node is a plain Job running `vlm-trainer <mode>
 or several nodes run `torchrun` with `NNODES`, `NODE_RANK` (the Job completion index),
 `NPROC_PER_NODE`, `MASTER_ADDR` (`<job>-0.<job>`, the index-0 pod behind the headless Service)
 and `MASTER_PORT`. Pods are hardened (non-root, no privilege escalation, all capabilities
-dropped, seccomp RuntimeDefault). Exit codes 65 (bad data) and 78 (bad config) fail the Job at
-once through a podFailurePolicy: retrying cannot fix them. Kueue: `queueName` sets the queue
-label and the Job starts suspended, so Kueue decides when it runs.
+dropped, seccomp RuntimeDefault). The Job's podFailurePolicy sorts pod ends into failures and
+disruptions: exit codes 65 (bad data), 78 (bad config) and 74 (checkpoint storage full) fail the
+Job at once, since retrying cannot fix them; a pod with the `DisruptionTarget` condition
+(evicted, preempted, its node drained) or one that exited 75 (the trainer's graceful stop: it got
+SIGTERM and wrote a snapshot at its current step) is ignored, so it is replaced without using up
+`backoffLimit`. Pods get the shape's `terminationGracePeriodSeconds` to write that snapshot.
+Kueue: `queueName` sets the queue label (and `workloadPriorityClass` the priority label) and the
+Job starts suspended, so Kueue decides when it runs; Kueue preempts by suspending it again.
+Several processes run under `vlm-trainer launch` (PID 1): it forwards SIGTERM to the workers and
+exits 75 after their graceful stop (vlm_trainer/launch.py).
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from vlm_trainer.exit_codes import EXIT_CONFIG as EXIT_CONFIG_INVALID  # one definition, shared
+from vlm_trainer.exit_codes import EXIT_DATA_REFUSED as EXIT_DATA_INVALID
+from vlm_trainer.exit_codes import EXIT_PREEMPTED, EXIT_STORAGE_FULL
 
 from vlm_operator.api import TrainerJob, TrainingShape
 from vlm_operator.builders.config import (
@@ -25,6 +35,7 @@ from vlm_operator.builders.config import (
     trainer_config,
 )
 from vlm_operator.builders.labels import (
+    KUEUE_PRIORITY_LABEL,
     KUEUE_QUEUE_LABEL,
     child_meta,
     job_labels,
@@ -39,8 +50,6 @@ MASTER_PORT = 29500
 #: The trainer's Prometheus endpoint (rank 0 of each pod serves it; the chart's PodMonitor
 #: scrapes the container port named "metrics").
 TRAINER_METRICS_PORT = 9400
-EXIT_DATA_INVALID = 65  # EX_DATAERR
-EXIT_CONFIG_INVALID = 78  # EX_CONFIG
 NON_ROOT_UID = 65532
 #: The root filesystem of every trainer, verify and promote pod is read-only: HOME and every
 #: cache a library may write (the Hugging Face hub's downloads of a hub-id base model
@@ -71,6 +80,8 @@ def trainer_command(mode: str, nodes: int, procs: int) -> list[str]:
     if nodes == 1 and procs == 1:
         return ["vlm-trainer", mode, *entry]
     return [
+        "vlm-trainer",  # PID 1 forwards SIGTERM to the workers (vlm_trainer/launch.py)
+        "launch",
         "torchrun",
         "--nnodes=$(NNODES)",
         "--nproc-per-node=$(NPROC_PER_NODE)",
@@ -142,6 +153,27 @@ def _tolerations(tj: TrainerJob, shape: TrainingShape) -> list[dict[str, Any]]:
     return tols + [t.to_api() for t in (overrides.tolerations if overrides else None) or []]
 
 
+def pod_failure_policy() -> dict[str, Any]:
+    """Rules are matched in order: a pod that ran out of storage while being preempted still
+    fails the Job (the retry would hit the same wall)."""
+
+    def codes(action: str, values: list[int]) -> dict[str, Any]:
+        # The apiserver wants the codes sorted.
+        exit_codes = {"containerName": CONTAINER, "operator": "In", "values": sorted(values)}
+        return {"action": action, "onExitCodes": exit_codes}
+
+    return {
+        "rules": [
+            codes("FailJob", [EXIT_DATA_INVALID, EXIT_CONFIG_INVALID, EXIT_STORAGE_FULL]),
+            {
+                "action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
+            codes("Ignore", [EXIT_PREEMPTED]),
+        ]
+    }
+
+
 def trainer_workload(
     tj_body: dict[str, Any],
     shape_body: dict[str, Any],
@@ -208,6 +240,7 @@ def trainer_workload(
     )
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": sh.termination_grace_period_seconds,
         "serviceAccountName": service_account_name(tj_body),
         "securityContext": {
             "runAsNonRoot": True,
@@ -228,22 +261,13 @@ def trainer_workload(
     job_meta = child_meta(tj_body, names["job"], dict(labels))
     if spec.queue_name:
         job_meta["labels"][KUEUE_QUEUE_LABEL] = spec.queue_name
+    if spec.workload_priority_class:
+        job_meta["labels"][KUEUE_PRIORITY_LABEL] = spec.workload_priority_class
     job_spec: dict[str, Any] = {
         # Kueue admits a queued job by unsuspending it; until then it must not start.
         "suspend": bool(spec.suspend or spec.queue_name),
         "backoffLimit": spec.backoff_limit,
-        "podFailurePolicy": {
-            "rules": [
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {
-                        "containerName": CONTAINER,
-                        "operator": "In",
-                        "values": [EXIT_DATA_INVALID, EXIT_CONFIG_INVALID],
-                    },
-                },
-            ]
-        },
+        "podFailurePolicy": pod_failure_policy(),
         "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
     }
     if spec.active_deadline_seconds is not None:

@@ -17,6 +17,7 @@ TASK_LABEL = "vlmtrain.dev/task"  # train | verify | promote
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 #: Set by the trainer on a Checkpoint before keepLast deletes its files (trainer: kube_report).
 PRUNED_ANNOTATION = "vlmtrain.dev/pruned"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"  # a WorkloadPriorityClass name
 
 
 def job_labels(job_name: str, task: str = "train") -> dict[str, str]:

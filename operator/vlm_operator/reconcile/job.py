@@ -274,6 +274,9 @@ def _reconcile(tj: dict[str, Any], settings: Settings) -> str:
     tj["status"] = status
     new = derive_status(tj, job, pods)
     changed = _patch_status(tj, new)
+    if (new.get("preemptions") or 0) > (status.get("preemptions") or 0):
+        running = next(c for c in new["conditions"] if c["type"] == C.RUNNING)
+        kube.post_event(tj, "Normal", Reason.PREEMPTED, running.get("message") or "preempted")
     return "succeeded" if changed and new.get("phase") == JobPhase.SUCCEEDED else "synced"
 
 

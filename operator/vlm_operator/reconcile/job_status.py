@@ -4,8 +4,17 @@ Phases: Pending (admitted, pods not running yet, or waiting for a shape), Runnin
 Succeeded, Failed. Conditions: Admitted, Running, Succeeded, Failed, Suspended, each with a reason
 from `api.conditions.Reason`. Failure reasons: `DataInvalid` (trainer exit code 65),
 `InvalidSpec` (exit code 78, the trainer refused its config), `DeadlineExceeded`,
-`BackoffLimitExceeded`, otherwise `TrainerFailed`; the message carries the exit code and the
-container's termination message, so `kubectl describe tj` says what went wrong.
+`BackoffLimitExceeded`, `StorageFull` (exit code 74), otherwise `TrainerFailed`; the message
+carries the exit code and the container's termination message, so `kubectl describe tj` says what
+went wrong.
+
+Preemptions are not failures: the trainer stopped by a disruption (Kueue suspending its Job,
+spec.suspend, an eviction that marks the pod `DisruptionTarget`, a graceful stop with exit code
+75) is counted in `status.preemptions` and `attempts`, and Running says `Preempted`. Each
+preemption is one instant (the Job's `Suspended` transition, or the disrupted pod's end);
+`status.lastPreemptionTime` is the newest one counted, so a repeated reconcile counts nothing
+twice. `attempts` counts trainer pods by creation (`status.lastAttemptTime` marks the newest
+counted), because a podFailurePolicy-ignored pod is in none of the Job's counters.
 """
 
 from __future__ import annotations
@@ -14,7 +23,13 @@ from typing import Any
 
 from vlm_operator.api import ConditionType as C
 from vlm_operator.api import JobPhase, Reason, new_condition, set_condition
-from vlm_operator.builders.job import CONTAINER, EXIT_CONFIG_INVALID, EXIT_DATA_INVALID
+from vlm_operator.builders.job import (
+    CONTAINER,
+    EXIT_CONFIG_INVALID,
+    EXIT_DATA_INVALID,
+    EXIT_PREEMPTED,
+    EXIT_STORAGE_FULL,
+)
 
 MAX_MESSAGE = 2000
 
@@ -33,10 +48,63 @@ def _terminated(pod: dict[str, Any], container: str) -> dict[str, Any] | None:
     return None
 
 
+def _disruption_target(pod: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
+def disrupted(pod: dict[str, Any], container: str = CONTAINER) -> bool:
+    """A pod that ended because it was stopped from outside, not because the trainer failed."""
+    if (pod.get("status") or {}).get("phase") != "Failed":
+        return False
+    if _disruption_target(pod):
+        return True
+    term = _terminated(pod, container)
+    return bool(term and term.get("exitCode") == EXIT_PREEMPTED)
+
+
+def _ended_at(pod: dict[str, Any]) -> str:
+    """When a disrupted pod ended: its trainer's finish, else when it was marked (an evicted
+    pod may never have started its container)."""
+    if finished := (_terminated(pod, CONTAINER) or {}).get("finishedAt"):
+        return finished
+    marks = [
+        c.get("lastTransitionTime") or ""
+        for c in (pod.get("status") or {}).get("conditions") or []
+        if c.get("type") == "DisruptionTarget"
+    ]
+    return max(marks, default="")
+
+
+def preemptions(
+    tj: dict[str, Any], job: dict[str, Any], pods: list[dict[str, Any]]
+) -> tuple[int, str | None]:
+    """(status.preemptions, status.lastPreemptionTime) after counting every preemption newer
+    than the last one counted: a suspension of a Job that had started, and each disrupted pod,
+    except pods the Job controller deleted for a suspension (that suspension is their count;
+    an evicted pod carries DisruptionTarget)."""
+    old = tj.get("status") or {}
+    count, last = old.get("preemptions") or 0, old.get("lastPreemptionTime")
+    times = [
+        _ended_at(p)
+        for p in pods
+        if disrupted(p) and (_disruption_target(p) or not p["metadata"].get("deletionTimestamp"))
+    ]
+    suspended = job_condition(job, "Suspended")
+    if suspended and old.get("startTime"):
+        times.append(suspended.get("lastTransitionTime") or "")
+    new = [t for t in times if t and (last is None or t > last)]
+    return count + len(new), max([last or "", *new]) or None
+
+
 def last_failure(pods: list[dict[str, Any]], container: str = CONTAINER) -> tuple[int | None, str]:
     """Exit code and termination message of the most recently finished failed pod."""
     failed = [
-        (p, t) for p in pods if (t := _terminated(p, container)) and t.get("exitCode", 0) != 0
+        (p, t)
+        for p in pods
+        if (t := _terminated(p, container)) and t.get("exitCode", 0) != 0 and not disrupted(p)
     ]
     if not failed:
         return None, ""
@@ -44,11 +112,34 @@ def last_failure(pods: list[dict[str, Any]], container: str = CONTAINER) -> tupl
     return term.get("exitCode"), (term.get("message") or term.get("reason") or "").strip()
 
 
+def new_pods(tj: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[int, str | None]:
+    """Trainer pods created after the newest one already counted in `attempts` (marked by
+    status.lastAttemptTime), and the new mark: a pod deleted before anyone saw it end still
+    counts, since each pod is seen at least once while it exists."""
+    last = (tj.get("status") or {}).get("lastAttemptTime")
+    times = [(p.get("metadata") or {}).get("creationTimestamp") or "" for p in pods]
+    new = [t for t in times if t and (last is None or t > last)]
+    return len(new), max([last or "", *new]) or None
+
+
+def _last_failure_time(pods: list[dict[str, Any]]) -> str:
+    return max(
+        (
+            t.get("finishedAt") or ""
+            for p in pods
+            if (t := _terminated(p, CONTAINER)) and t.get("exitCode", 0) != 0 and not disrupted(p)
+        ),
+        default="",
+    )
+
+
 def failure_reason(job_reason: str | None, exit_code: int | None) -> str:
     if exit_code == EXIT_DATA_INVALID:
         return Reason.DATA_INVALID
     if exit_code == EXIT_CONFIG_INVALID:
         return Reason.INVALID_SPEC
+    if exit_code == EXIT_STORAGE_FULL:
+        return Reason.STORAGE_FULL
     if job_reason == "DeadlineExceeded":
         return Reason.DEADLINE_EXCEEDED
     if job_reason == "BackoffLimitExceeded":
@@ -103,9 +194,24 @@ def derive_status(
         )
 
     active, failed, succeeded = js.get("active", 0), js.get("failed", 0), js.get("succeeded", 0)
-    out: dict[str, Any] = {"observedGeneration": gen, "attempts": active + failed + succeeded}
-    if js.get("startTime"):
-        out["startTime"] = old.get("startTime") or js["startTime"]
+    preempted, last_preempted = preemptions(tj, job, pods)
+    fresh, last_attempt = new_pods(tj, pods)
+    attempts = max((old.get("attempts") or 0) + fresh, active + failed + succeeded + preempted)
+    running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+    if running and active and job.get("spec", {}).get("parallelism", 1) == 1:
+        # Once the replacement runs, the Job's counts have settled: a restart that no counted
+        # failure explains was a stop from outside (ignored by the podFailurePolicy, or a pod
+        # deleted), even when nobody saw the old pod end.
+        preempted = max(preempted, attempts - 1 - failed)
+    out: dict[str, Any] = {"observedGeneration": gen, "attempts": attempts}
+    if last_attempt:
+        out["lastAttemptTime"] = last_attempt
+    if preempted:
+        out["preemptions"] = preempted
+    if last_preempted:
+        out["lastPreemptionTime"] = last_preempted
+    if start := old.get("startTime") or js.get("startTime"):
+        out["startTime"] = start  # the first start; a suspended Job clears its own
     cond(C.ADMITTED, True, Reason.SHAPE_RESOLVED, f"shape version {old.get('shapeVersion', '?')}")
     queued = bool(tj["spec"].get("queueName")) and not tj["spec"].get("suspend")
 
@@ -135,14 +241,25 @@ def derive_status(
             cond(C.SUSPENDED, False, Reason.QUEUED)
         else:
             cond(C.SUSPENDED, True, Reason.SUSPENDED, "spec.suspend is true; pods stopped")
-        cond(C.RUNNING, False, Reason.SUSPENDED if not queued else Reason.QUEUED)
+        if queued and old.get("startTime"):
+            # Kueue took back the quota it had given: the trainer snapshotted and waits.
+            msg = (
+                f"preempted by Kueue ({preempted} time(s), last {last_preempted}); waiting in "
+                f"queue {tj['spec']['queueName']} to resume from the latest snapshot"
+            )
+            cond(C.RUNNING, False, Reason.PREEMPTED, msg)
+        else:
+            cond(C.RUNNING, False, Reason.SUSPENDED if not queued else Reason.QUEUED)
     else:
         if any(c["type"] == C.SUSPENDED and c["status"] == "True" for c in conds):
             cond(C.SUSPENDED, False, Reason.RESUMED, "resumed from the latest checkpoint")
-        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
         if running:
             out["phase"] = JobPhase.RUNNING
-            if failed:
+            if preempted and (last_preempted or "") >= _last_failure_time(pods):
+                when = f" at {last_preempted}" if last_preempted else ""
+                msg = f"attempt {out['attempts']}; resumed after a preemption{when}"
+                cond(C.RUNNING, True, Reason.PREEMPTED, msg)
+            elif failed:
                 code, message = last_failure(pods)
                 cond(
                     C.RUNNING,

@@ -1,10 +1,12 @@
 """Image inputs: ``data:`` URL parsing, decoding and size limits.
 
 Supported: ``data:image/png;base64,...`` and ``data:image/jpeg;base64,...`` (``image/jpg`` is
-accepted as an alias). The bytes must really be PNG or JPEG: the declared MIME type is only a
-first check, Pillow's detected format decides. Remote ``http(s)://`` URLs are refused with advice:
-the trainer never fetches anything over the network. Resizing is left to the model's image
-processor (Qwen's ``smart_resize``), so what we train on matches what the model sees at inference.
+accepted as an alias). The bytes must really be PNG or JPEG and match the declared MIME type
+(PNG bytes labelled ``image/jpeg`` are refused): Pillow's detected format decides.
+``probe_image`` reads only the header (format, width, height), so pixel limits are checked
+before decoding. Remote ``http(s)://`` URLs are refused with advice: the trainer never fetches
+anything over the network. Resizing is left to the model's image processor (Qwen's
+``smart_resize``), so what we train on matches what the model sees at inference.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ class ImageError(ValueError):
 
 def decode_data_url(url: str) -> bytes:
     """Return the raw image bytes of a base64 ``data:`` URL, or raise ``ImageError``."""
+    return parse_data_url(url)[1]
+
+
+def parse_data_url(url: str) -> tuple[str, bytes]:
+    """``(declared format "PNG" | "JPEG", raw bytes)`` of a base64 ``data:`` URL, or raise
+    ``ImageError``."""
     if not isinstance(url, str):
         raise ImageError(f"expected a string URL, got {type(url).__name__}")
     low = url[:16].lower()
@@ -53,7 +61,22 @@ def decode_data_url(url: str) -> bytes:
         raise ImageError(f"invalid base64 data: {e}") from None
     if not data:
         raise ImageError("empty image data")
-    return data
+    return SUPPORTED_MIME[mime], data
+
+
+def probe_image(data: bytes, declared: str | None, max_pixels: int) -> tuple[int, int]:
+    """``(width, height)`` from the header only; raises ``ImageError`` when the data is not
+    PNG/JPEG, is not the ``declared`` format, or has more than ``max_pixels``."""
+    img = _open(data)
+    try:
+        if declared and img.format != declared:
+            raise ImageError(
+                f"declared image/{declared.lower()} but the data is {img.format}: fix the "
+                "data URL's MIME type"
+            )
+        return _check_size(img, max_pixels)
+    finally:
+        img.close()
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -61,6 +84,19 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
 
     The pixel count is read from the header before any pixel is decoded, so a decompression
     bomb (a few KB that expand to gigabytes) costs nothing."""
+    img = _open(data)
+    _check_size(img, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except Exception as e:
+        raise ImageError(f"cannot decode {img.format} data: {e}") from None
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def _open(data: bytes) -> Image.Image:
+    """Pillow's lazy open (header only) of PNG/JPEG data."""
     try:
         with warnings.catch_warnings():
             # Pillow warns (and later raises) on its own, higher limit; ours comes first.
@@ -74,6 +110,10 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageError(f"not a decodable image: {e}") from None
     if img.format not in ("PNG", "JPEG"):
         raise ImageError(f"image data is {img.format or 'an unknown format'}, not PNG or JPEG")
+    return img
+
+
+def _check_size(img: Image.Image, max_pixels: int) -> tuple[int, int]:
     w, h = img.size
     if w * h > max_pixels:
         raise ImageError(
@@ -82,13 +122,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         )
     if w < 1 or h < 1:
         raise ImageError(f"image has no pixels ({w}x{h})")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img.load()
-    except Exception as e:
-        raise ImageError(f"cannot decode {img.format} data: {e}") from None
-    return img.convert("RGB") if img.mode != "RGB" else img
+    return w, h
 
 
 def encode_data_url(img: Image.Image, fmt: str = "PNG", quality: int = 90) -> str:

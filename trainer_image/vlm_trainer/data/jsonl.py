@@ -15,21 +15,25 @@ them only there). A system message may only
 come first (the Qwen chat templates render it only there).
 
 The file is never read whole: ``iter_lines`` yields one line at a time and ``LineIndex`` keeps
-only byte offsets, so memory stays flat however large the file. Every problem becomes a
-``DataIssue`` naming ``file:line``, a JSON path such as ``messages[1].content[0].image_url.url``,
-and the reason.
+only byte offsets, so memory stays flat however large the file; a line longer than
+``max_line_bytes`` is never read whole either. Every problem becomes a ``DataIssue`` naming
+``file:line``, a JSON path such as ``messages[1].content[0].image_url.url``, and the reason,
+whatever goes wrong underneath: the limits of ``limits.py`` (size, nesting, integer digits,
+images and pixels per record) are checked before their cost is paid, and any other exception
+while checking a line (``MemoryError`` included) still becomes that line's issue.
 """
 
 from __future__ import annotations
 
-import json
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .images import ImageError, decode_data_url, open_image
+from .images import ImageError, open_image, parse_data_url, probe_image
+from .limits import DataLimits
+from .safe_json import UNUSABLE, load_json
 
 Mode = Literal["sft", "dpo", "rl"]
 ROLES = ("system", "user", "assistant")
@@ -122,14 +126,46 @@ class Record:
 # Streaming
 
 
-def iter_lines(path: str | Path) -> Iterator[tuple[int, int, bytes]]:
-    """Yield ``(line_number, byte_offset, raw_line)`` for every non-blank line, 1-based."""
+@dataclass(frozen=True)
+class Overlong:
+    """Stands for a line longer than ``max_line_bytes`` (its content was never kept)."""
+
+    size: int
+    limit: int
+
+
+_CHUNK = 1 << 20
+
+
+def read_line(f, max_bytes: int) -> bytes | Overlong:
+    """The next line of binary file ``f`` (b"" at the end), reading at most ``max_bytes + 1``
+    bytes of it into memory; the rest of a longer line is skipped chunk by chunk."""
+    raw = f.readline(max_bytes + 1)
+    if len(raw) <= max_bytes or raw.endswith(b"\n"):
+        return raw
+    size = len(raw)
+    while chunk := f.readline(_CHUNK):
+        size += len(chunk)
+        if chunk.endswith(b"\n"):
+            break
+    return Overlong(size, max_bytes)
+
+
+def iter_lines(
+    path: str | Path, max_line_bytes: int = DataLimits.max_line_bytes
+) -> Iterator[tuple[int, int, bytes | Overlong]]:
+    """Yield ``(line_number, byte_offset, raw_line)`` for every non-blank line, 1-based; a line
+    over ``max_line_bytes`` comes as ``Overlong`` (``parse_line`` reports it)."""
     with open(path, "rb") as f:
-        offset = 0
-        for lineno, raw in enumerate(f, start=1):
-            if raw.strip():
+        offset, lineno = 0, 0
+        while True:
+            raw = read_line(f, max_line_bytes)
+            if raw == b"":
+                return
+            lineno += 1
+            if isinstance(raw, Overlong) or raw.strip():
                 yield lineno, offset, raw
-            offset += len(raw)
+            offset = f.tell()
 
 
 class LineIndex:
@@ -138,21 +174,22 @@ class LineIndex:
     Lets the trainer shuffle and seek without holding records, and resume at an exact position.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, max_line_bytes: int = DataLimits.max_line_bytes):
         self.path = Path(path)
+        self.max_line_bytes = max_line_bytes
         self.offsets = array("q")
         self.lines = array("q")
-        for lineno, offset, _ in iter_lines(self.path):
+        for lineno, offset, _ in iter_lines(self.path, max_line_bytes):
             self.offsets.append(offset)
             self.lines.append(lineno)
 
     def __len__(self) -> int:
         return len(self.offsets)
 
-    def read(self, f, i: int) -> tuple[int, bytes]:
+    def read(self, f, i: int) -> tuple[int, bytes | Overlong]:
         """``(line_number, raw_line)`` of record ``i`` from an open binary file ``f``."""
         f.seek(self.offsets[i])
-        return self.lines[i], f.readline()
+        return self.lines[i], read_line(f, self.max_line_bytes)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,35 +207,50 @@ class _Issues:
 
 
 def parse_line(
-    raw: bytes | str,
+    raw: bytes | str | Overlong,
     *,
     file: str,
     line: int,
     mode: Mode = "sft",
     max_image_pixels: int = 50_000_000,
     decode_images: bool = True,
+    limits: DataLimits | None = None,
 ) -> tuple[Record | None, list[DataIssue]]:
     """Parse and validate one JSONL line. Returns the record (None if invalid) and its issues.
 
-    With ``decode_images`` every image is decoded with Pillow (catches corrupt data and bombs);
-    without it only the data URL and base64 are checked (cheap, for quick scans)."""
+    With ``decode_images`` every image is decoded with Pillow (catches corrupt data); without
+    it the data URL, base64 and image header (format, size) are checked (cheap, for streaming).
+    ``limits`` defaults to ``DataLimits`` with ``max_image_pixels``. Never raises on bad data:
+    any exception while checking the line becomes its issue."""
+    limits = limits or DataLimits(max_image_pixels=max_image_pixels)
     issues = _Issues(file, line)
+    try:
+        record = _parse(raw, mode, limits, decode_images, issues)
+    except Exception as e:  # MemoryError, a library's own error on odd input, ...
+        record = None
+        issues.add("", f"cannot check this line: {type(e).__name__}: {str(e)[:200]}")
+    return (None if issues.items else record), issues.items
+
+
+def _parse(
+    raw: bytes | str | Overlong, mode: Mode, limits: DataLimits, decode: bool, issues: _Issues
+) -> Record | None:
+    if isinstance(raw, Overlong):
+        issues.add("", f"line is {raw.size} bytes, above max_line_bytes={raw.limit}")
+        return None
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as e:
         issues.add("", f"not UTF-8 text: {e.reason} at byte {e.start}")
-        return None, issues.items
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        issues.add("", f"not valid JSON: {e.msg} (column {e.colno})")
-        return None, issues.items
+        return None
+    obj = load_json(text, limits, issues.add)
+    if obj is UNUSABLE:
+        return None
     if not isinstance(obj, dict):
         issues.add("", f"expected a JSON object, got {_kind(obj)}")
-        return None, issues.items
-
-    opts = {"max_image_pixels": max_image_pixels, "decode_images": decode_images}
-    record = Record(line=line)
+        return None
+    opts = {"limits": limits, "decode_images": decode, "images": 0, "pixels": 0}
+    record = Record(line=issues.line)
     if mode == "dpo":
         for side in ("chosen", "rejected"):
             if side not in obj:
@@ -216,7 +268,7 @@ def parse_line(
         if "messages" not in obj:
             hint = " (this looks like a DPO record: use --mode dpo)" if "chosen" in obj else ""
             issues.add("messages", "missing" + hint)
-            return None, issues.items
+            return None
         conv = _conversation(obj, "", issues, opts)
         if conv is not None and mode == "sft":
             if not any(m.role == "assistant" for m in conv.messages):
@@ -225,7 +277,7 @@ def parse_line(
             _require_last(conv, "user", "messages", issues)
         record.conversation = conv
         record.extra = {k: v for k, v in obj.items() if k != "messages"}
-    return (None if issues.items else record), issues.items
+    return record
 
 
 def _require_last(conv: Conversation, role: str, path: str, issues: _Issues) -> None:
@@ -324,18 +376,43 @@ def _part(p: Any, path: str, role: str, issues: _Issues, opts: dict) -> Part | N
             issues.add(upath, "missing")
             return None
         try:
-            data = decode_data_url(url)
-            if opts["decode_images"]:
-                open_image(data, opts["max_image_pixels"]).close()
+            data = _image(url, upath, issues, opts)
         except ImageError as e:
             issues.add(upath, str(e))
             return None
-        return Part("image", image=data)
+        return None if data is None else Part("image", image=data)
     if kind is None:
         issues.add(path + ".type", "missing (use 'text' or 'image_url')")
     else:
         issues.add(path + ".type", f"unsupported part type {kind!r}: use 'text' or 'image_url'")
     return None
+
+
+def _image(url: Any, path: str, issues: _Issues, opts: dict) -> bytes | None:
+    """The bytes of one image, after the record-wide limits (counted in ``opts``): images per
+    record, then pixels per record from the header, then (``decode_images``) a full decode.
+    Each record-wide limit is reported once, at the image that crosses it."""
+    limits: DataLimits = opts["limits"]
+    opts["images"] += 1
+    if opts["images"] > limits.max_images_per_record:
+        if opts["images"] == limits.max_images_per_record + 1:
+            issues.add(path, f"more than max_images_per_record={limits.max_images_per_record}")
+        return None
+    declared, data = parse_data_url(url)
+    w, h = probe_image(data, declared, limits.max_image_pixels)
+    before, opts["pixels"] = opts["pixels"], opts["pixels"] + w * h
+    if opts["pixels"] > limits.max_record_pixels:
+        if before <= limits.max_record_pixels:
+            issues.add(
+                path,
+                f"the record's images add up to more than max_record_pixels="
+                f"{limits.max_record_pixels} pixels (this {w}x{h} image brings them to "
+                f"{opts['pixels']})",
+            )
+        return None
+    if opts["decode_images"]:
+        open_image(data, limits.max_image_pixels).close()
+    return data
 
 
 def _kind(v: Any) -> str:

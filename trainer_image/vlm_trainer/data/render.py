@@ -32,6 +32,7 @@ import torch
 
 from .images import open_image
 from .jsonl import Conversation, Message
+from .limits import DataLimits
 
 
 class RenderError(ValueError):
@@ -72,6 +73,7 @@ class Renderer:
         train_on: Literal["all_assistant", "last_assistant"] = "all_assistant",
         on_truncation: Literal["skip", "error"] = "skip",
         max_image_pixels: int = 50_000_000,
+        limits: DataLimits | None = None,  # what a dataset line may cost; wins over the above
     ):
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
@@ -84,7 +86,8 @@ class Renderer:
         self.max_seq_len = max_seq_len
         self.train_on = train_on
         self.on_truncation = on_truncation
-        self.max_image_pixels = max_image_pixels
+        self.limits = limits or DataLimits(max_image_pixels=max_image_pixels)
+        self.max_image_pixels = self.limits.max_image_pixels
         tid = self.tokenizer.convert_tokens_to_ids
         self.image_token_id = getattr(processor, "image_token_id", None) or tid("<|image_pad|>")
         self.vision_start_id = tid("<|vision_start|>")

@@ -56,7 +56,7 @@ class RecordStream:
         self.seed = seed
         self.shuffle = shuffle
         self.mode = mode
-        self.index = LineIndex(self.path)
+        self.index = LineIndex(self.path, renderer.limits.max_line_bytes)
         self.skipped = 0  # records dropped by truncation, counted over the whole run
 
     def __len__(self) -> int:
@@ -84,7 +84,7 @@ class RecordStream:
             file=str(self.path),
             line=line,
             mode=self.mode,
-            max_image_pixels=self.renderer.max_image_pixels,
+            limits=self.renderer.limits,
             decode_images=False,  # rendering decodes them; errors surface there
         )
         if record is None:
@@ -99,7 +99,7 @@ class RecordStream:
         except SkipRecord:
             self.skipped += 1
             return None
-        except (RenderError, ValueError) as e:  # ImageError is a ValueError
+        except Exception as e:  # RenderError, ImageError, or the processor's own on odd data
             raise DataInvalidError(
                 [DataIssue(str(self.path), line, "", str(e))], 1, len(self.index)
             ) from e

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .images import ImageError
 from .jsonl import DataInvalidError, DataIssue, Mode, iter_lines, parse_line
+from .limits import DataLimits
 from .render import Renderer, RenderError, SkipRecord
 
 
@@ -80,11 +81,13 @@ def validate_file(
     max_issues: int = 1000,
     reward: Callable | None = None,
     lengths: MutableSequence[int] | None = None,
+    limits: DataLimits | None = None,
 ) -> Summary:
-    """Check every line of ``path``; bad data never raises (see ``raise_if_invalid``). With
-    ``reward`` (RL), each prompt record must carry the fields the reward declares. With a
-    renderer and a ``lengths`` list, appends each record's rendered tokens in file order (0 for a
-    skipped or bad record): packing plans its steps from them."""
+    """Check every line of ``path``; bad data never raises (see ``raise_if_invalid``). The
+    limits are the renderer's when there is one, else ``limits`` (else the defaults with
+    ``max_image_pixels``). With ``reward`` (RL), each prompt record must carry the fields the
+    reward declares. With a renderer and a ``lengths`` list, appends each record's rendered
+    tokens in file order (0 for a skipped or bad record): packing plans its steps from them."""
     path = Path(path)
     summary = Summary(file=str(path), mode=mode)
     if not path.is_file():
@@ -92,13 +95,12 @@ def validate_file(
         summary.bad_records = 1
         return summary
     if renderer is not None:
-        max_image_pixels = renderer.max_image_pixels
+        limits = renderer.limits
+    limits = limits or DataLimits(max_image_pixels=max_image_pixels)
     tokens, weighted = _Stats(), _Stats()
-    for line, _, raw in iter_lines(path):
+    for line, _, raw in iter_lines(path, limits.max_line_bytes):
         summary.records += 1
-        record, issues = parse_line(
-            raw, file=str(path), line=line, mode=mode, max_image_pixels=max_image_pixels
-        )
+        record, issues = parse_line(raw, file=str(path), line=line, mode=mode, limits=limits)
         before = tokens.n
         if record is not None and renderer is not None:
             issues = _render_issues(record, mode, renderer, path, line, tokens, weighted, summary)
@@ -137,6 +139,8 @@ def _render_issues(record, mode, renderer, path, line, tokens, weighted, summary
         return []
     except (RenderError, ImageError) as e:
         return [DataIssue(str(path), line, "", str(e))]
+    except Exception as e:  # the processor's own error on odd data (e.g. an extreme aspect ratio)
+        return [DataIssue(str(path), line, "", f"cannot render: {type(e).__name__}: {e}")]
     for r in rendered:
         tokens.add(r.num_tokens)
         weighted.add(r.num_weighted)

@@ -14,9 +14,10 @@ A recipe subclasses ``Recipe`` and provides the mode-specific parts:
 
 The base class guarantees exact resume: weights (full model, or the LoRA adapter on top of the
 rebuilt base), optimizer, scheduler, every RNG and the data position ``(epoch, cursor)`` are
-saved in each ``step-*`` checkpoint and restored from the newest one that verifies. The
-learning rate follows ``lr_factor``: linear warmup, then cosine / linear decay to
-``min_lr_ratio`` of the peak, or constant.
+saved in each ``step-*`` checkpoint and restored from the newest one that verifies. SIGTERM
+stops the run between optimizer steps with a snapshot at the step every rank reached
+(``graceful.py``). The learning rate follows ``lr_factor``: linear warmup, then cosine /
+linear decay to ``min_lr_ratio`` of the peak, or constant.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ import torch
 from .. import checkpoint as ckpt
 from .. import dist_checkpoint, distributed
 from ..config import ConfigError, TrainConfig
+from ..data.limits import DataLimits
 from ..data.render import Renderer
 from ..data.validate import validate_file
+from ..graceful import StopFlag, Stopped
 from ..model import (
     apply_lora,
     count_parameters,
@@ -85,6 +88,8 @@ class Recipe:
         self.resumed_from: Path | None = None
         self.final_path: Path | None = None
         self.last_metrics: dict = {}
+        self.stop = StopFlag()  # SIGTERM sets it (run() installs the handler)
+        self.saved_step = 0  # the step of the newest snapshot (written or resumed from)
 
     # -- to implement ------------------------------------------------------------------------
     def setup(self) -> bool:
@@ -136,6 +141,7 @@ class Recipe:
             cfg.train_on,
             cfg.on_truncation,
             cfg.max_image_pixels,
+            DataLimits.from_config(cfg),
         )
 
     def find_resume_point(self) -> bool:
@@ -301,6 +307,7 @@ class Recipe:
             self.scheduler.load_state_dict(state["scheduler"])
             ckpt.set_rng_state(state["rng"])
         self.step, self.epoch, self.cursor = progress["step"], progress["epoch"], progress["cursor"]
+        self.saved_step = self.step
         self.stream.skipped = progress.get("skipped_records", 0)
         self.log(
             f"resumed from {path} at step {self.step} (epoch {self.epoch}, record "
@@ -330,6 +337,8 @@ class Recipe:
         while self.step < self.total_steps and self.epoch < cfg.epochs:
             samples = self.stream.samples(self.epoch, self.cursor)
             while self.step < self.total_steps:
+                if self.stop.agreed(self.dist):  # between optimizer steps, on every rank
+                    self.stop_gracefully()
                 t0 = time.perf_counter()
                 micro = self.next_batches(samples)
                 if not micro:
@@ -345,6 +354,17 @@ class Recipe:
             else:
                 break  # reached total_steps inside the epoch
             self.epoch, self.cursor = self.epoch + 1, 0
+
+    def stop_gracefully(self) -> None:
+        """Every rank agreed to stop after ``self.step``: snapshot it (unless that step is saved
+        already, or nothing was trained) and end the run with ``Stopped``."""
+        path = None
+        if self.step > 0:
+            if self.saved_step != self.step:
+                self.log(f"stopping on SIGTERM: snapshot at step {self.step}")
+                self.save_checkpoint(ckpt.step_name(self.step))
+            path = self.root / ckpt.step_name(self.step)
+        raise Stopped(self.step, path)
 
     def take_micro_batches(self, samples) -> list[list]:
         """Up to ``gradient_accumulation_steps`` lists of ``batch_size`` samples from the
@@ -407,6 +427,7 @@ class Recipe:
     def save_checkpoint(self, name: str, final: bool = False, metrics: dict | None = None) -> Path:
         cfg = self.cfg
         progress = self.progress()
+        self.saved_step = self.step
 
         state = (self.dist, self.model, self.optimizer, self.scheduler, final)
 
@@ -453,7 +474,9 @@ class Recipe:
 
 
 def run(recipe: Recipe) -> dict:
-    """setup -> train -> evaluate -> final checkpoint, reporting errors; returns a summary."""
+    """setup -> train -> evaluate -> final checkpoint, reporting errors; returns a summary.
+    Raises ``Stopped`` after a graceful stop on SIGTERM."""
+    recipe.stop.install()
     try:
         if not recipe.setup():
             summary = {"final_checkpoint": str(recipe.final_path), "already_complete": True}
@@ -462,11 +485,16 @@ def run(recipe: Recipe) -> dict:
         recipe.train()
         eval_metrics = recipe.evaluate()
         path = recipe.save_checkpoint(ckpt.FINAL, final=True, metrics=eval_metrics)
+    except Stopped as e:
+        snapshot = str(e.snapshot) if e.snapshot else None
+        recipe.reporter.on_stopped({"step": e.step, "snapshot": snapshot, "reason": "SIGTERM"})
+        raise
     except Exception as e:
         recipe.reporter.on_error(f"{type(e).__name__}: {e}")
         raise
-    finally:  # after success all ranks leave together; after an error nobody waits
-        distributed.shutdown(clean=sys.exc_info()[0] is None)
+    finally:  # after success (or an agreed stop) all ranks leave together; after an error
+        recipe.stop.restore()  # nobody waits
+        distributed.shutdown(clean=sys.exc_info()[0] in (None, Stopped))
     summary = {
         "final_checkpoint": str(path),
         "steps": recipe.step,
