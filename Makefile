@@ -1,7 +1,8 @@
 # vlm-trainer-operator: every set-up step lives here, so a fresh machine needs nothing by hand.
 #   make test          everything (venv, control-plane binaries, lint, all tests)
 #   make demo          the whole flow on an embedded local cluster
-#   make cluster-up    local control plane + pod runner; KUBECONFIG=.devcluster/kubeconfig
+#   make cluster-up    local control plane + pod runner + S3 server; KUBECONFIG=.devcluster/kubeconfig,
+#                      S3 endpoint and credentials in .devcluster/s3.env
 #   make cluster-down  stop it (no process left behind)
 #   make crds          regenerate crds/ and the chart's copy from the pydantic models
 #   make reference     regenerate docs/reference.md and the README's troubleshooting table
@@ -12,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONPATH := $(CURDIR):$(CURDIR)/operator:$(CURDIR)/trainer_image
 
-.PHONY: venv k8s-bins test test-unit test-trainer test-integration lint format crds crds-check reference \
+.PHONY: venv k8s-bins seaweedfs-bin test test-unit test-trainer test-integration lint format crds crds-check reference \
         cluster-up cluster-down demo clean
 
 venv:
@@ -20,6 +21,9 @@ venv:
 
 k8s-bins:
 	@./hack/k8s/build.sh >/dev/null
+
+seaweedfs-bin:
+	@./hack/seaweedfs/build.sh >/dev/null
 
 lint: venv
 	$(PY) -m ruff check .
@@ -39,7 +43,7 @@ crds-check: venv
 	$(PY) -m vlm_operator.crdgen --out crds --chart-out charts/vlm-trainer-operator/crds --check
 
 # Fast tests first: a unit failure stops the run before the slow parts start.
-test: venv k8s-bins lint
+test: venv k8s-bins seaweedfs-bin lint
 	$(PY) -m pytest -m "unit" -q
 	$(PY) -m pytest -m "not unit" -q
 
@@ -49,10 +53,10 @@ test-unit: venv
 test-trainer: venv
 	$(PY) -m pytest -m trainer -q
 
-test-integration: venv k8s-bins
+test-integration: venv k8s-bins seaweedfs-bin
 	$(PY) -m pytest -m integration -q
 
-cluster-up: venv k8s-bins
+cluster-up: venv k8s-bins seaweedfs-bin
 	@$(PY) -m tests.cluster up
 
 cluster-down: venv

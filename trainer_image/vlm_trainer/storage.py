@@ -38,6 +38,7 @@ seeks into the returned stream).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -153,21 +154,20 @@ def join(uri: str | os.PathLike, *parts: str) -> str:
     return "/".join([os.fspath(uri).rstrip("/"), *(p.strip("/") for p in parts)])
 
 
-def _uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
-
-
 # ------------------------------------------------------------------------------------------------
 # Reading and writing single objects
 
 
 def open_read(uri: str | os.PathLike, block_size: int = BLOCK_SIZE) -> IO[bytes]:
-    """A seekable binary stream; object stores are read in ranged blocks of ``block_size``."""
+    """A seekable binary stream. Object stores are read with one ranged GET per ``block_size``
+    bytes, buffered by ``io.BufferedReader`` (fsspec's own ``readline`` re-reads a whole block
+    per line); random access to short records (a line index) wants a smaller ``block_size``."""
     fs, path = resolve(uri)
     with _errors(os.fspath(uri)):
         if isinstance(fs, LocalFileSystem):
             return open(path, "rb")
-        return fs.open(path, "rb", block_size=block_size, cache_type="readahead")
+        raw = fs.open(path, "rb", block_size=block_size, cache_type="none")
+        return io.BufferedReader(raw, buffer_size=block_size)
 
 
 def iter_lines(uri: str | os.PathLike) -> Iterator[bytes]:
