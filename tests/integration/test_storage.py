@@ -64,7 +64,8 @@ def test_snapshot_round_trip(root: str, tmp_path: Path) -> None:
     assert set(again.manifest["files"]) == {"only.bin"}
     storage.delete_snapshot(again.uri)
     assert storage.list_snapshots(root) == []
-    assert not storage.exists(again.uri)
+    # No object is left (SeaweedFS may show the emptied folder itself for a moment).
+    assert _uncommitted_objects(root, "step-000005") == []
 
 
 def test_folder_upload_download(root: str, tmp_path: Path) -> None:
@@ -219,5 +220,5 @@ def test_wrong_credentials(s3_root: str, monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(storage.AccessDenied, match="access denied"):
         storage.list_snapshots(s3_root)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
-    with pytest.raises(storage.AccessDenied, match="InvalidAccessKeyId"):
+    with pytest.raises(storage.AccessDenied, match=r"access denied.*not exist in our records"):
         storage.write_bytes(uri, b"b")

@@ -193,8 +193,11 @@ def write_bytes(uri: str | os.PathLike, data: bytes) -> None:
 
 
 def exists(uri: str | os.PathLike) -> bool:
+    """Whether an object or a non-empty prefix is there now (another process may have written
+    or deleted it: s3fs's listing cache is dropped first)."""
     fs, path = resolve(uri)
     with _errors(os.fspath(uri)):
+        fs.invalidate_cache(path)
         return fs.exists(path)
 
 
