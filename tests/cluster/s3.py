@@ -41,6 +41,7 @@ class S3Server:
     secret_key: str
     bucket: str
     proc: subprocess.Popen | None
+    sockets: tuple[Path, ...] = ()  # where weed puts its gRPC sockets (fixed under /tmp)
 
     @property
     def env(self) -> dict[str, str]:
@@ -61,6 +62,8 @@ class S3Server:
         if self.proc is not None:
             stop_process(self.proc)
             self.proc = None
+        for sock in self.sockets:
+            sock.unlink(missing_ok=True)
 
     def __enter__(self) -> S3Server:
         return self
@@ -79,6 +82,17 @@ def _identities(access_key: str, secret_key: str) -> dict:
             }
         ]
     }
+
+
+def _grpc_sockets(argv: list[str]) -> tuple[Path, ...]:
+    """weed serves each gRPC port also on `/tmp/seaweedfs-<service>-grpc-<port>.sock` (not
+    configurable) and leaves the files behind: `stop` removes them."""
+    flags = dict(a.lstrip("-").split("=", 1) for a in argv if a.startswith("-") and "=" in a)
+    services = {"master": "master", "volume": "volume", "filer": "filer", "s3": "s3"}
+    return tuple(
+        Path(f"/tmp/seaweedfs-{name}-grpc-{flags[f'{flag}.port.grpc']}.sock")
+        for flag, name in services.items()
+    )
 
 
 def _server_argv(weed: Path, workdir: Path, s3_port: int, config: Path) -> list[str]:
@@ -124,7 +138,9 @@ def start_s3(workdir: Path, weed: Path | None = None, timeout: float = 120) -> S
     s3_port = free_port()
     argv = _server_argv(weed or find_weed(), workdir, s3_port, config)
     proc = spawn(argv, workdir / "weed.log")
-    server = S3Server(workdir, f"http://127.0.0.1:{s3_port}", access_key, secret_key, BUCKET, proc)
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    sockets = _grpc_sockets(argv)
+    server = S3Server(workdir, endpoint, access_key, secret_key, BUCKET, proc, sockets)
     try:
         _wait_bucket(server, timeout)
     except BaseException:
