@@ -72,22 +72,21 @@ def shards(payload: bytes, count: int = 8):
 
 
 RSS_CHILD = """
-import json, resource, sys
+import json, sys
 from vlm_trainer import storage
-assert storage.exists(sys.argv[1])
+
+def kib(key):
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith(key))
+
+assert storage.exists(sys.argv[1])  # imports and the S3 client: the baseline
+# Reset the peak-RSS mark: it starts as the parent's (inherited through fork and exec).
+open("/proc/self/clear_refs", "w").write("5")
+base = kib("VmRSS:")
 lines = 0
 for line in storage.iter_lines(sys.argv[1]):
     json.loads(line)
     lines += 1
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"lines": lines, "peak_rss_mb": peak}))
-"""
-
-BASELINE_CHILD = """
-import json, resource, sys
-from vlm_trainer import storage
-assert storage.exists(sys.argv[1])
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"lines": lines, "baseline_mb": base / 1024, "peak_rss_mb": kib("VmHWM:") / 1024}))
 """
 
 
@@ -155,16 +154,16 @@ def one_repeat(root: str, r: int, data_size: int, payload: bytes, work: Path) ->
 
 
 def rss(a: argparse.Namespace, work: Path, s3_root: str, env: dict[str, str]) -> dict:
-    """Peak RSS of streaming a dataset ``rss_factor`` x the memory limit, vs the same process
-    that only opened the client (its baseline)."""
+    """Peak RSS of a child streaming a dataset ``rss_factor`` x the memory limit, and its RSS
+    just before (imports and S3 client loaded: the baseline)."""
     big = work / "big.jsonl"
     lines = write_jsonl(big, a.memory_limit_mb * a.rss_factor * MB)
     uri = storage.join(s3_root, "big.jsonl")
     storage.upload_file(big, uri)
     big_mb = big.stat().st_size / MB
     big.unlink()
-    base = child(BASELINE_CHILD, uri, env)["peak_rss_mb"]
     streamed = child(RSS_CHILD, uri, env)
+    base = streamed["baseline_mb"]
     assert streamed["lines"] == lines, (streamed, lines)
     return {
         "stream_rss_dataset_mb": round(big_mb, 1),
