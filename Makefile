@@ -1,7 +1,8 @@
 # vlm-trainer-operator: every set-up step lives here, so a fresh machine needs nothing by hand.
 #   make test          everything (venv, control-plane binaries, lint, all tests)
 #   make demo          the whole flow on an embedded local cluster
-#   make cluster-up    local control plane + pod runner; KUBECONFIG=.devcluster/kubeconfig
+#   make cluster-up    local control plane + pod runner + S3 server; KUBECONFIG=.devcluster/kubeconfig,
+#                      S3 endpoint and credentials in .devcluster/s3.env
 #   make cluster-down  stop it (no process left behind)
 #   make crds          regenerate crds/ and the chart's copy from the pydantic models
 #   make reference     regenerate docs/reference.md and the README's troubleshooting table
@@ -12,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONPATH := $(CURDIR):$(CURDIR)/operator:$(CURDIR)/trainer_image
 
-.PHONY: venv k8s-bins kueue-bin test test-unit test-trainer test-integration lint format crds crds-check reference \
+.PHONY: venv k8s-bins kueue-bin seaweedfs-bin test test-unit test-trainer test-integration lint format crds crds-check reference \
         cluster-up cluster-down demo clean
 
 venv:
@@ -24,6 +25,10 @@ k8s-bins:
 # Kueue's controller and CRDs from its Go module (cached by version; the Kueue tests need it).
 kueue-bin:
 	@./hack/kueue/build.sh >/dev/null
+
+# SeaweedFS's weed (the local S3 server) from its Go module (cached by version).
+seaweedfs-bin:
+	@./hack/seaweedfs/build.sh >/dev/null
 
 lint: venv
 	$(PY) -m ruff check .
@@ -43,7 +48,7 @@ crds-check: venv
 	$(PY) -m vlm_operator.crdgen --out crds --chart-out charts/vlm-trainer-operator/crds --check
 
 # Fast tests first: a unit failure stops the run before the slow parts start.
-test: venv k8s-bins kueue-bin lint
+test: venv k8s-bins kueue-bin seaweedfs-bin lint
 	$(PY) -m pytest -m "unit" -q
 	$(PY) -m pytest -m "not unit" -q
 
@@ -53,10 +58,10 @@ test-unit: venv
 test-trainer: venv
 	$(PY) -m pytest -m trainer -q
 
-test-integration: venv k8s-bins kueue-bin
+test-integration: venv k8s-bins kueue-bin seaweedfs-bin
 	$(PY) -m pytest -m integration -q
 
-cluster-up: venv k8s-bins
+cluster-up: venv k8s-bins seaweedfs-bin
 	@$(PY) -m tests.cluster up
 
 cluster-down: venv

@@ -1,7 +1,9 @@
-"""Shared pytest fixtures: one local control plane (with the pod runner) per test session.
+"""Shared pytest fixtures: one local control plane (with the pod runner) per test session, and
+one real S3 server (SeaweedFS) per session for the tests that need object storage.
 
-The cluster starts lazily, only when a test asks for `cluster`, so `pytest -m unit` never builds
-or starts Kubernetes. `USE_EXISTING_CLUSTER=true` uses the cluster in `$KUBECONFIG` instead.
+Both start lazily, only when a test asks for `cluster` or `s3_server`/`s3_root`, so
+`pytest -m unit` never builds or starts either. `USE_EXISTING_CLUSTER=true` uses the cluster in
+`$KUBECONFIG` instead.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.local import LocalCluster
+from tests.cluster.s3 import S3Server, start_s3
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +49,24 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
         time.sleep(0.2)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """SeaweedFS's S3 gateway alone (no control plane), as `make cluster-up` starts it."""
+    workdir = Path(tempfile.mkdtemp(prefix="vlm-s3-"))
+    server = start_s3(workdir)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def s3_root(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh `s3://` prefix for one test, with the server's AWS_* variables in the environment
+    (of this process and of any subprocess it starts)."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return f"s3://{s3_server.bucket}/t-{secrets.token_hex(4)}"

@@ -1,7 +1,8 @@
 """`python -m tests.cluster up|down|status [--dir .devcluster]`: the local cluster for people.
 
 `up` starts a background server process (control plane + pod runner) that owns every child and
-returns once the API server and the fake nodes are ready; the kubeconfig is `<dir>/kubeconfig`.
+returns once the API server, the fake nodes and the S3 server are ready; the kubeconfig is
+`<dir>/kubeconfig`, the S3 endpoint and credentials are in `<dir>/s3.env`.
 `down` stops it (SIGTERM, then SIGKILL) and waits until nothing is left. Each `up` starts from an
 empty cluster.
 """
@@ -36,7 +37,7 @@ def _pid(d: Path) -> int | None:
 def serve(d: Path) -> None:
     from tests.cluster.local import LocalCluster
 
-    c = LocalCluster.start(d)
+    c = LocalCluster.start(d, s3=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -72,6 +73,8 @@ def up(d: Path, timeout: float) -> int:
         time.sleep(0.2)
     print(f"cluster up in {time.monotonic() - t0:.1f}s: {(d / 'ready').read_text()}")
     print(f"export KUBECONFIG={d / 'kubeconfig'}")
+    if (d / "s3.env").exists():
+        print(f"S3 (SeaweedFS): set -a; . {d / 's3.env'}; set +a")
     return 0
 
 

@@ -22,6 +22,7 @@ from tests.cluster.launcher import (
     start_control_plane,
     stop_process,
 )
+from tests.cluster.s3 import S3Server, start_s3
 
 TRAINER_IMAGE_GLOB = "*vlm-trainer*"  # images the pod runner runs as the project's own CLIs
 OPERATOR_IMAGE_GLOB = "*vlm-operator*"
@@ -35,6 +36,7 @@ class LocalCluster:
     control_plane: ControlPlane | None = None
     runner: subprocess.Popen | None = None
     helm_bin: str | None = None
+    s3: S3Server | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -69,8 +71,9 @@ class LocalCluster:
         return cls(kubeconfig=kubeconfig, kubectl_bin=shutil.which("kubectl") or "kubectl")
 
     @classmethod
-    def start(cls, workdir: Path, nodes: int = 2, gpus: int = 4) -> LocalCluster:
-        """Control plane + pod runner in `workdir`; stops whatever started if a later part fails."""
+    def start(cls, workdir: Path, nodes: int = 2, gpus: int = 4, s3: bool = False) -> LocalCluster:
+        """Control plane + pod runner in `workdir` (with `s3`, also the S3 server: see
+        `start_object_store`); stops whatever started if a later part fails."""
         cp = start_control_plane(workdir)
         cluster = cls(
             kubeconfig=cp.kubeconfig,
@@ -82,6 +85,8 @@ class LocalCluster:
         try:
             cluster.runner = start_pod_runner(cp.kubeconfig, workdir / "runner", nodes, gpus)
             cluster.wait_nodes_ready(nodes)
+            if s3:
+                cluster.start_object_store()
         except BaseException:
             cluster.stop()
             raise
@@ -97,7 +102,18 @@ class LocalCluster:
             time.sleep(0.3)
         raise TimeoutError(f"{count} Ready nodes did not appear within {timeout}s")
 
+    def start_object_store(self) -> S3Server:
+        """SeaweedFS's S3 gateway with its state in `<workdir>/s3`; its endpoint, credentials
+        and bucket go to `<workdir>/s3.env` (AWS_* and VLM_S3_BUCKET lines)."""
+        assert self.workdir is not None, "an existing cluster brings its own object store"
+        self.s3 = start_s3(self.workdir / "s3")
+        self.s3.write_env(self.workdir / "s3.env")
+        return self.s3
+
     def stop(self) -> None:
+        if self.s3 is not None:
+            self.s3.stop()
+            self.s3 = None
         if self.runner is not None:
             stop_process(self.runner, grace=15)
             self.runner = None
