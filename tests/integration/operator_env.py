@@ -160,6 +160,13 @@ def stage_demo_claim(cluster: LocalCluster, namespace: str, assets: Path) -> Pat
     return root
 
 
+def run_folder(cluster: LocalCluster, ns: str, tj: dict[str, Any]) -> Path:
+    """Where a TrainerJob of the demo claim writes: `<storage>/<namespace>/<name>-<uid>` (the
+    UID keeps a re-created job of the same name out of the earlier one's folder)."""
+    name, uid = tj["metadata"]["name"], tj["metadata"]["uid"]
+    return cluster.pvc_root / ns / DEMO_CLAIM / "checkpoints" / ns / f"{name}-{uid}"
+
+
 def condition(obj: dict[str, Any] | None, type: str) -> dict[str, Any] | None:
     for c in ((obj or {}).get("status") or {}).get("conditions") or []:
         if c["type"] == type:

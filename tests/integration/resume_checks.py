@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster.local import LocalCluster
-from tests.integration.operator_env import DEMO_CLAIM, get, json_line, wait_for
+from tests.integration.operator_env import get, json_line, run_folder, wait_for
 
 
 def progress_step(cluster: LocalCluster, ns: str, name: str) -> int:
@@ -62,9 +62,9 @@ def final_weights(cluster: LocalCluster, ns: str, name: str) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     assert cluster.pvc_root is not None
-    root = cluster.pvc_root / ns / DEMO_CLAIM / "checkpoints"
-    found = [p for p in root.rglob("final/*.safetensors") if f"/{name}/" in str(p)]
-    assert len(found) == 1, f"final weights of {name}: {found}"
+    folder = run_folder(cluster, ns, get(cluster, "trainerjob", name, "-n", ns))
+    found = sorted((folder / "checkpoints" / "final").glob("*.safetensors"))
+    assert len(found) == 1, f"final weights of {name} in {folder}: {found}"
     return load_file(str(found[0]))
 
 

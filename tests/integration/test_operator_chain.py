@@ -25,6 +25,7 @@ from tests.integration.operator_env import (
     condition,
     finished,
     get,
+    run_folder,
     trainer_job,
     wait_for,
 )
@@ -37,7 +38,7 @@ RL = {"rl": {"completionsPerPrompt": 4, "maxCompletionTokens": 8, "reward": "exa
 
 def first_step(cluster: LocalCluster, ns: str, name: str) -> dict:
     """The first training step's metrics, read from the job's metrics.jsonl on the claim."""
-    log = cluster.pvc_root / ns / DEMO_CLAIM / "checkpoints" / ns / name / "metrics.jsonl"
+    log = run_folder(cluster, ns, get(cluster, "trainerjob", name, "-n", ns)) / "metrics.jsonl"
     for line in log.read_text().splitlines():
         m = json.loads(line)
         if m.get("event") == "train" and m.get("step") == 1:

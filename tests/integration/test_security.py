@@ -20,6 +20,7 @@ from tests.integration.operator_env import (
     condition,
     finished,
     get,
+    run_folder,
     settled,
     trainer_job,
 )
@@ -204,11 +205,6 @@ def _small_dataset(cluster: LocalCluster, ns: str, records: int) -> str:
     return f"pvc://{DEMO_CLAIM}/data/sft_{records}.jsonl"
 
 
-def _run_folder(cluster: LocalCluster, ns: str, tj: dict[str, Any]) -> Path:
-    name, uid = tj["metadata"]["name"], tj["metadata"]["uid"]
-    return cluster.pvc_root / ns / DEMO_CLAIM / "checkpoints" / ns / f"{name}-{uid}"
-
-
 def _train_steps(folder: Path) -> list[int]:
     lines = (folder / "metrics.jsonl").read_text().splitlines()
     return [e["step"] for e in map(json.loads, lines) if e.get("event") == "train"]
@@ -232,7 +228,7 @@ def test_recreated_job_starts_from_step_zero_and_forged_checkpoints_are_refused(
     apply(cluster, ns, _job(name, dataset, epochs=1))
     first = finished(cluster, ns, name)
     assert first["status"]["phase"] == "Succeeded", first["status"]
-    old_folder = _run_folder(cluster, ns, first)
+    old_folder = run_folder(cluster, ns, first)
     per_epoch = len(_train_steps(old_folder))
     assert per_epoch >= 1 and _train_steps(old_folder) == list(range(1, per_epoch + 1))
     cluster.kubectl("delete", "tj", name, "-n", ns, "--wait=true")
@@ -241,7 +237,7 @@ def test_recreated_job_starts_from_step_zero_and_forged_checkpoints_are_refused(
     second = finished(cluster, ns, name, timeout=300)
     assert second["status"]["phase"] == "Succeeded", second["status"]
     assert second["metadata"]["uid"] != first["metadata"]["uid"]
-    new_folder = _run_folder(cluster, ns, second)
+    new_folder = run_folder(cluster, ns, second)
     total = 2 * per_epoch
     # From step 0 to the new total: neither resumed from the old run nor "done" on its final.
     assert _train_steps(new_folder) == list(range(1, total + 1))
