@@ -67,7 +67,7 @@ cluster-up: venv k8s-bins seaweedfs-bin
 cluster-down: venv
 	@$(PY) -m tests.cluster down
 
-demo: venv k8s-bins
+demo: venv k8s-bins seaweedfs-bin
 	@./hack/demo.sh
 
 clean: cluster-down
