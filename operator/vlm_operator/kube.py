@@ -63,7 +63,8 @@ ACCESS: dict[str, frozenset[str]] = {
     "TrainingShape/status": frozenset({"patch"}),
     "TrainerJob": frozenset({"get", "list"}),
     "TrainerJob/status": frozenset({"patch"}),
-    "Checkpoint": frozenset({"get", "list", "patch"}),  # patch: drop the owner on promotion
+    # patch: drop the owner on promotion; in-use marks of initFrom jobs (reconcile/init_from)
+    "Checkpoint": frozenset({"get", "list", "patch"}),
     "Checkpoint/status": frozenset({"patch"}),
     "Job": frozenset({"get", "create", "patch"}),  # patch: suspend/resume
     "Pod": frozenset({"list"}),

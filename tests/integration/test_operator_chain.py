@@ -114,9 +114,20 @@ def test_sft_then_dpo_then_rl_each_from_the_previous_weights(
     assert (
         "chain-sft-final" in wait_for("chain-dpo to wait", lambda: waiting("chain-dpo"))["message"]
     )
-    for name in ("chain-sft", "base-dpo", "base-rl"):
+    succeeded(cluster, ns, "chain-sft")
+    # While chain-dpo runs, its source is marked in use (kept from keepLast pruning) ...
+    mark = "vlmtrain.dev/in-use-by." + get(cluster, "tj", "chain-dpo", "-n", ns)["metadata"]["uid"]
+
+    def source_mark() -> str | None:
+        ck = get(cluster, "ckpt", "chain-sft-final", "-n", ns)
+        return (ck["metadata"].get("annotations") or {}).get(mark) if ck else None
+
+    assert wait_for("chain-sft-final marked in use", source_mark, timeout=300) == "chain-dpo"
+    for name in ("base-dpo", "base-rl"):
         succeeded(cluster, ns, name)
     dpo = succeeded(cluster, ns, "chain-dpo")
+    # ... and no longer once it has finished.
+    wait_for("the in-use mark to go", lambda: source_mark() is None, timeout=60)
     sft_final = get(cluster, "ckpt", "chain-sft-final", "-n", ns)
     assert dpo["status"]["initFrom"] == {
         "checkpoint": "chain-sft-final",

@@ -92,18 +92,31 @@ def test_a_source_of_another_model_is_invalid_spec() -> None:
     assert "Qwen/Other-VL" in cond["message"] and children == []
 
 
-def test_in_use_protects_the_source_of_an_unfinished_job() -> None:
+def test_a_pruned_checkpoint_is_not_a_source() -> None:
     ck = ckpt("a", 5)
-    running = job(initFrom={"checkpoint": "a"})
-    running["status"] = {"phase": "Running", "initFrom": {"checkpoint": "a", "uid": "uid-a"}}
-    assert init_from.in_use(ck, [running])
-    running["status"]["initFrom"]["uid"] = "uid-of-an-older-a"  # same name, another object
-    assert not init_from.in_use(ck, [running])
-    done = job(initFrom={"checkpoint": "a"})
-    done["status"] = {"phase": "Succeeded", "initFrom": {"uid": "uid-a"}}
-    assert not init_from.in_use(ck, [done])
-    pending = job(initFrom={"checkpoint": "a"})  # not admitted yet: matched by name
-    assert init_from.in_use(ck, [pending])
+    ck["metadata"]["annotations"]["vlmtrain.dev/pruned"] = "2026-01-01T00:00:00Z"
+    assert "was pruned" in init_from.resolve({"checkpoint": "a"}, [ck])
+
+
+def test_marks_are_per_job_and_stale_once_the_job_is_gone_or_finished() -> None:
+    ck = ckpt("a", 5)
+    ck["metadata"]["resourceVersion"] = "41"
+    assert init_from.resolve({"checkpoint": "a"}, [ck]).resource_version == "41"
+    jobs = []
+    for uid, name in (("u1", "dpo"), ("u2", "rl"), ("u3", "gone")):
+        t = job(initFrom={"checkpoint": "a"})
+        t["metadata"].update(uid=uid, name=name)
+        patch = init_from.mark(t)
+        assert patch == {"metadata": {"annotations": {f"vlmtrain.dev/in-use-by.{uid}": name}}}
+        ck["metadata"]["annotations"].update(patch["metadata"]["annotations"])
+        jobs.append(t)
+    assert init_from.marks(ck) == {"u1": "dpo", "u2": "rl", "u3": "gone"}
+    jobs[0]["status"] = {"phase": "Running"}
+    jobs[1]["status"] = {"phase": "Succeeded"}
+    assert init_from.stale_marks(ck, jobs[:2]) == ["u2", "u3"]  # finished, deleted
+    unmark = init_from.unmark(["u2", "u3"])["metadata"]["annotations"]
+    assert unmark == {"vlmtrain.dev/in-use-by.u2": None, "vlmtrain.dev/in-use-by.u3": None}
+    assert init_from.stale_marks(ckpt("b", 1), jobs) == []  # no marks: nothing to drop
 
 
 def _best_job(mode: str = "min", metric: str = "eval_loss") -> dict[str, Any]:

@@ -12,7 +12,9 @@ nothing here runs and no cluster is needed. It uses the pod's service-account to
   saving the same step again) is left as it is; one of an earlier job of the same name (another
   UID) is never touched: the new one is named `<job>-<step>-<uid[:8]>` instead;
 - before keepLast deletes a snapshot, its Checkpoint is annotated `vlmtrain.dev/pruned` (the
-  operator turns it into phase Pruned); one with a promotion requested or done keeps its files.
+  operator turns it into phase Pruned); one with a promotion requested or done, or marked
+  `vlmtrain.dev/in-use-by.<uid>` by the operator (another job's spec.initFrom starts from it),
+  keeps its files.
 
 Training never waits for the API server: reports go through `api_sender.ApiSender` (a background
 thread; every call with a connect+read timeout and bounded retries; the latest status wins and
@@ -35,6 +37,8 @@ from .api_sender import ApiSender
 GROUP, VERSION = "vlmtrain.dev", "v1alpha1"
 JOB_LABEL = "vlmtrain.dev/trainer-job"
 PRUNED_ANNOTATION = "vlmtrain.dev/pruned"  # the operator then sets phase Pruned
+# + a TrainerJob's UID: that job starts from this Checkpoint (operator reconcile/init_from.py).
+IN_USE_PREFIX = "vlmtrain.dev/in-use-by."
 PROMOTION = ("Promoting", "Promoted")
 
 
@@ -45,6 +49,19 @@ def enabled() -> bool:
         env.get(k)
         for k in ("VLM_TRAINERJOB_NAME", "VLM_TRAINERJOB_NAMESPACE", "KUBERNETES_SERVICE_HOST")
     )
+
+
+def keeps_files(ck: dict[str, Any]) -> str | None:
+    """Why keepLast must not delete ``ck``'s files, or None: a promotion requested or done, or
+    another job's spec.initFrom depends on it."""
+    if ck["spec"].get("promote") or (ck.get("status") or {}).get("phase") in PROMOTION:
+        return "promotion"
+    users = [
+        v
+        for k, v in (ck["metadata"].get("annotations") or {}).items()
+        if k.startswith(IN_USE_PREFIX)
+    ]
+    return f"in use by TrainerJob {', '.join(sorted(users))}" if users else None
 
 
 def _now() -> str:
@@ -227,14 +244,15 @@ class KubernetesReporter:
 
     def may_prune(self, path: Path) -> bool:
         """Mark this snapshot's Checkpoint pruned before keepLast deletes its files; False (keep
-        the files) when a promotion is requested or done, or the Checkpoint changed meanwhile
-        (the mark is a patch conditional on the resourceVersion that was read)."""
+        the files) when ``keeps_files`` says so, or the Checkpoint changed meanwhile (the mark is
+        a patch conditional on the resourceVersion that was read: an in-use mark added since
+        makes it fail)."""
         from kubernetes.client.rest import ApiException
 
         ck = self._own_checkpoint(path.name)
         if ck is None:
             return True  # no object points at these files
-        if ck["spec"].get("promote") or (ck.get("status") or {}).get("phase") in PROMOTION:
+        if keeps_files(ck):
             return False
         meta = {"resourceVersion": ck["metadata"]["resourceVersion"]}
         meta["annotations"] = {PRUNED_ANNOTATION: _now()}

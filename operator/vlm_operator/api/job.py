@@ -427,7 +427,9 @@ class InitFrom(ApiModel):
         None,
         description="A verified Checkpoint in the job's namespace (e.g. <job>-final). A full "
         "checkpoint is loaded as it is; a LoRA checkpoint is merged into its base model first "
-        "and needs loraRank 0 here (to stack a new adapter, promote it and use model).",
+        "and needs loraRank 0 here (to stack a new adapter, promote it and use model). Until "
+        "this job finishes, the Checkpoint is annotated vlmtrain.dev/in-use-by.<job UID> and "
+        "its job's keepLast does not prune it.",
     )
     model: ModelName | None = Field(
         None,
@@ -684,7 +686,7 @@ class TrainerJobStatus(StatusModel):
         "deleted and replaced between two looks is still counted once).",
     )
     init_from: InitFromStatus | None = Field(
-        None, description="The Checkpoint spec.initFrom resolved to (kept from pruning)."
+        None, description="The Checkpoint spec.initFrom resolved to."
     )
     selected_checkpoint: SelectedCheckpoint | None = Field(
         None, description="The Checkpoint spec.promote chose (select: best) and why."

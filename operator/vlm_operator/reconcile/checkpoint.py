@@ -41,7 +41,7 @@ from vlm_operator.builders.checkpoint import (
 from vlm_operator.builders.config import checkpoint_location
 from vlm_operator.builders.labels import PRUNED_ANNOTATION, without_status
 from vlm_operator.builders.storage import join_uri
-from vlm_operator.reconcile import best
+from vlm_operator.reconcile import best, init_from
 from vlm_operator.reconcile.job_status import job_condition, last_failure
 from vlm_operator.reconcile.serial import serial
 from vlm_operator.settings import Settings
@@ -124,6 +124,7 @@ def reconcile_checkpoint(namespace: str, name: str, settings: Settings) -> None:
         if ck is None or ck["metadata"].get("deletionTimestamp"):
             metrics.observe_phase("Checkpoint", key, None)
             return
+        ck = _drop_stale_marks(ck)  # the patched object: its status patch needs the new version
         try:
             status = _next_status(ck, settings)
         except kube.ForeignObject as e:
@@ -158,6 +159,23 @@ def reconcile_checkpoint(namespace: str, name: str, settings: Settings) -> None:
             )
         metrics.observe_phase("Checkpoint", key, (status or old).get("phase"))
         metrics.RECONCILES.labels(kind="Checkpoint", result="synced").inc()
+
+
+def _drop_stale_marks(ck: dict[str, Any]) -> dict[str, Any]:
+    """Drop in-use marks (init_from.mark) of TrainerJobs that were deleted or finished without
+    dropping theirs, so the Checkpoint can be pruned again."""
+    if not init_from.marks(ck):
+        return ck
+    meta = ck["metadata"]
+    stale = init_from.stale_marks(ck, kube.list_objects("TrainerJob", meta["namespace"]))
+    if stale:
+        log.info(
+            "Checkpoint %s/%s: dropping in-use marks of %s", meta["namespace"], meta["name"], stale
+        )
+        return kube.merge_patch(
+            "Checkpoint", meta["namespace"], meta["name"], init_from.unmark(stale)
+        )
+    return ck
 
 
 def _failed(ck: dict[str, Any], type: str, e: kube.ForeignObject) -> dict[str, Any]:

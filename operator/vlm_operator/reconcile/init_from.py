@@ -17,9 +17,16 @@ architecture and the tokenizer always match. A missing or not-yet-verified sourc
 wait (``InitFromNotReady``), a mismatch fails it (``InvalidSpec`` naming the field). Pure: the
 caller lists the Checkpoints.
 
-Pruning: ``in_use`` says whether an unfinished job depends on a Checkpoint, for the operator's
-pruning to skip it. The trainer's own ``keepLast`` pruning of a job that is still running cannot
-see other jobs: start from a final Checkpoint (never pruned) or a promoted model.
+Pruning: before a job's children exist, the operator marks its ``checkpoint`` source with the
+annotation ``vlmtrain.dev/in-use-by.<job UID>`` (``mark``; one key per job, so a merge patch adds
+or drops one job's mark without touching another's). The patch is conditional on the
+resourceVersion ``resolve`` read, so it cannot land on a Checkpoint the source job's trainer
+marked pruned meanwhile; the trainer's ``keepLast`` pruning (vlm_trainer.kube_report.may_prune)
+keeps the files of a Checkpoint with any such mark. The operator drops the mark when the job
+reaches Succeeded or Failed; a mark whose job was deleted (or finished without dropping it) is
+dropped on the next reconcile of the Checkpoint (``stale_marks``), at the latest at the
+operator's periodic resync. A ``model`` source is a promoted model's own folder: never pruned,
+never marked.
 """
 
 from __future__ import annotations
@@ -27,8 +34,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from vlm_operator.builders.labels import PRUNED_ANNOTATION
+
 ROOT_MODEL_ANNOTATION = "vlmtrain.dev/root-model"
 PROCESSOR_ANNOTATION = "vlmtrain.dev/processor"
+# + the dependent TrainerJob's UID; the value is its name, for people reading the object.
+# vlm_trainer.kube_report.IN_USE_PREFIX is the same string (the trainer image has no operator).
+IN_USE_PREFIX = "vlmtrain.dev/in-use-by."
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,7 @@ class InitSource:
     adapter_base: str  # a LoRA checkpoint's base model (merged into at load)
     root_model: str
     processor: str
+    resource_version: str = ""  # the Checkpoint as read: ``mark`` is conditional on it
 
     def status(self) -> dict[str, str]:
         return {"checkpoint": self.checkpoint, "uid": self.uid, "uri": self.uri}
@@ -60,6 +73,7 @@ def _source(field: str, ck: dict[str, Any], uri: str, type_: str) -> InitSource:
         adapter_base=base,
         root_model=ann.get(ROOT_MODEL_ANNOTATION, base),
         processor=ann.get(PROCESSOR_ANNOTATION, ""),
+        resource_version=ck["metadata"].get("resourceVersion", ""),
     )
 
 
@@ -73,6 +87,9 @@ def resolve(init: dict[str, Any], checkpoints: list[dict[str, Any]]) -> InitSour
             return f"{field}: Checkpoint {name} not found"
         if not (ck.get("status") or {}).get("verified"):
             return f"{field}: Checkpoint {name} is not verified yet"
+        if PRUNED_ANNOTATION in (ck["metadata"].get("annotations") or {}):
+            # Its files are (being) deleted by its job's keepLast: waits until it is recreated.
+            return f"{field}: Checkpoint {name} was pruned (its files are deleted)"
         return _source(field, ck, ck["spec"]["uri"], ck["spec"].get("type", "full"))
     model, field = init.get("model"), "spec.initFrom.model"
     for ck in checkpoints:
@@ -106,18 +123,30 @@ def violations(src: InitSource, lora_rank: int, shape: dict[str, Any], shape_nam
     return problems
 
 
-def in_use(checkpoint: dict[str, Any], jobs: list[dict[str, Any]]) -> bool:
-    """Whether a TrainerJob that has not finished depends on ``checkpoint`` (its initFrom):
-    pruning must keep it. Matched by UID where the job recorded one, else by name."""
-    meta = checkpoint["metadata"]
-    for tj in jobs:
-        status = tj.get("status") or {}
-        if status.get("phase") in ("Succeeded", "Failed"):
-            continue
-        used = status.get("initFrom") or {}
-        if used.get("uid"):
-            if used["uid"] == meta.get("uid"):
-                return True
-        elif (tj["spec"].get("initFrom") or {}).get("checkpoint") == meta["name"]:
-            return True
-    return False
+def mark(job: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that marks a Checkpoint as the source of ``job``."""
+    meta = job["metadata"]
+    return {"metadata": {"annotations": {IN_USE_PREFIX + meta["uid"]: meta["name"]}}}
+
+
+def unmark(job_uids: list[str]) -> dict[str, Any]:
+    """The merge patch that drops these jobs' marks (a missing key is a no-op)."""
+    return {"metadata": {"annotations": dict.fromkeys(IN_USE_PREFIX + u for u in job_uids)}}
+
+
+def marks(checkpoint: dict[str, Any]) -> dict[str, str]:
+    """The jobs that marked ``checkpoint`` as their source: UID -> name."""
+    ann = checkpoint["metadata"].get("annotations") or {}
+    return {k.removeprefix(IN_USE_PREFIX): v for k, v in ann.items() if k.startswith(IN_USE_PREFIX)}
+
+
+def stale_marks(checkpoint: dict[str, Any], jobs: list[dict[str, Any]]) -> list[str]:
+    """The UIDs marked on ``checkpoint`` whose job no longer needs it: deleted (not among
+    ``jobs``, the namespace's TrainerJobs listed after the Checkpoint was read, so a job that
+    marked it is always there) or finished."""
+    live = {
+        tj["metadata"]["uid"]
+        for tj in jobs
+        if (tj.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    }
+    return sorted(uid for uid in marks(checkpoint) if uid not in live)

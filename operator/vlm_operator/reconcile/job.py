@@ -211,6 +211,7 @@ def _reconcile(tj: dict[str, Any], settings: Settings) -> str:
     if status.get("phase") in TERMINAL and (
         job is None or status.get("observedGeneration") == meta.get("generation")
     ):
+        _release_source(tj)
         return "terminal"  # nothing to do; a TTL-deleted Job is not re-created
     if job is None:
         if status.get("startTime"):
@@ -229,6 +230,16 @@ def _reconcile(tj: dict[str, Any], settings: Settings) -> str:
         if blocked is not None:
             _patch_status(tj, blocked)
             return "blocked"
+        if init and spec["initFrom"].get("checkpoint"):
+            # Before any child exists, so its trainer never starts on files being pruned; a
+            # 409 (the Checkpoint changed since it was read, e.g. marked pruned) retries.
+            kube.merge_patch(
+                "Checkpoint",
+                ns,
+                init.checkpoint,
+                init_from.mark(tj),
+                resource_version=init.resource_version,
+            )
         try:
             _claim(children)
             for obj in children[:-1]:
@@ -273,11 +284,23 @@ def _reconcile(tj: dict[str, Any], settings: Settings) -> str:
     pods = kube.list_objects("Pod", ns, {JOB_LABEL: name, TASK_LABEL: "train"})
     tj["status"] = status
     new = derive_status(tj, job, pods)
+    if new.get("phase") in TERMINAL:
+        _release_source(tj)  # before the status says so: a failure here retries from the top
     changed = _patch_status(tj, new)
     if (new.get("preemptions") or 0) > (status.get("preemptions") or 0):
         running = next(c for c in new["conditions"] if c["type"] == C.RUNNING)
         kube.post_event(tj, "Normal", Reason.PREEMPTED, running.get("message") or "preempted")
     return "succeeded" if changed and new.get("phase") == JobPhase.SUCCEEDED else "synced"
+
+
+def _release_source(tj: dict[str, Any]) -> None:
+    """Drop this job's in-use mark from its spec.initFrom.checkpoint (see init_from.mark), if
+    the Checkpoint still carries it."""
+    name = (tj["spec"].get("initFrom") or {}).get("checkpoint")
+    ck = name and kube.get("Checkpoint", tj["metadata"]["namespace"], name)
+    uid = tj["metadata"]["uid"]
+    if ck and uid in init_from.marks(ck):
+        kube.merge_patch("Checkpoint", ck["metadata"]["namespace"], name, init_from.unmark([uid]))
 
 
 def _claim(children: list[dict[str, Any]]) -> None:
