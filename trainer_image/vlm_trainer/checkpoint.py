@@ -48,6 +48,7 @@ from .snapshot_files import (
     fsync_tree,
     full_manifest,
     manifest_bytes,
+    names_mismatch,
     rename_into_place,
     sha256_file,
 )
@@ -176,10 +177,8 @@ def verify(path: Path) -> str | None:
     if not isinstance(files, dict) or not files:
         return "manifest lists no files"
     present = {str(p.relative_to(path)) for p in _files(path)}
-    if missing := sorted(set(files) - present):
-        return f"missing files: {', '.join(missing[:5])}"
-    if extra := sorted(present - set(files)):
-        return f"files not in the manifest: {', '.join(extra[:5])}"
+    if mismatch := names_mismatch(files, present):
+        return mismatch
     for rel, meta in files.items():
         p = path / rel
         if p.stat().st_size != meta.get("size"):

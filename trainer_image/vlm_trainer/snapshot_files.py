@@ -55,6 +55,16 @@ def full_manifest(staged: Path, manifest: dict, **fields: Any) -> dict:
     }
 
 
+def names_mismatch(listed: dict, present: set[str]) -> str | None:
+    """Why the files ``present`` differ from those the manifest lists (missing or extra ones,
+    the first five named); None when the names match."""
+    if missing := sorted(set(listed) - present):
+        return f"missing files: {', '.join(missing[:5])}"
+    if extra := sorted(present - set(listed)):
+        return f"files not in the manifest: {', '.join(extra[:5])}"
+    return None
+
+
 def manifest_bytes(manifest: dict) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
 

@@ -56,6 +56,7 @@ from .snapshot_files import (
     fsync_tree,
     full_manifest,
     manifest_bytes,
+    names_mismatch,
     rename_into_place,
     sha256_stream,
 )
@@ -351,10 +352,8 @@ def verify_snapshot(uri: str | os.PathLike, deep: bool = False) -> str | None:
     with _errors(os.fspath(uri)):
         fs.invalidate_cache(path)
         present = {k: v for k, v in _files(fs, path).items() if k != MANIFEST}
-    if missing := sorted(set(listed) - set(present)):
-        return f"missing files: {', '.join(missing[:5])}"
-    if extra := sorted(set(present) - set(listed)):
-        return f"files not in the manifest: {', '.join(extra[:5])}"
+    if mismatch := names_mismatch(listed, set(present)):
+        return mismatch
     for rel, meta in sorted(listed.items()):
         if present[rel] != meta.get("size"):
             return f"{rel}: size {present[rel]} != {meta.get('size')}"
