@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -38,6 +39,21 @@ def write_config(path: Path, **keys) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def sft_then_eval(cfg: Path, log_path: Path, eval_data: Path, threads: int) -> tuple[float, dict]:
+    """``vlm-trainer sft --config cfg``, then ``vlm-trainer eval`` of its final checkpoint
+    (under ``log_path``) on ``eval_data``; returns (training wall seconds, the eval report)."""
+    t0 = time.monotonic()
+    out = run_cli("sft", "--config", str(cfg))
+    elapsed = time.monotonic() - t0
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    final = Path(log_path) / "checkpoints" / "final"
+    ev = run_cli(
+        "eval", "--model", str(final), "--data", str(eval_data), "--num-threads", str(threads)
+    )
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    return elapsed, json.loads(ev.stdout)
 
 
 # -- several processes on CPU (torchrun, gloo) -------------------------------------------------

@@ -8,12 +8,11 @@ the accuracy comes from the pixels, not from the text or the label prior.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from vlm_trainer.data.images import encode_data_url
 
-from tests.trainer.helpers import read_jsonl, run_cli, write_config
+from tests.trainer.helpers import read_jsonl, sft_then_eval, write_config
 
 pytestmark = pytest.mark.trainer
 
@@ -38,14 +37,7 @@ def sft_config(tmp_path, tiny_model, train, eval_):
 
 def train_and_eval(tmp_path, tiny_model, train, eval_) -> tuple[float, dict]:
     cfg = sft_config(tmp_path, tiny_model, train, eval_)
-    t0 = time.monotonic()
-    out = run_cli("sft", "--config", str(cfg))
-    elapsed = time.monotonic() - t0
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    final = tmp_path / "log" / "checkpoints" / "final"
-    ev = run_cli("eval", "--model", str(final), "--data", str(eval_), "--num-threads", "2")
-    assert ev.returncode == 0, ev.stderr[-3000:]
-    return elapsed, json.loads(ev.stdout)
+    return sft_then_eval(cfg, tmp_path / "log", eval_, threads=2)
 
 
 def test_sft_learns_the_colour_from_the_image(tmp_path, tiny_model, demo_data):

@@ -11,12 +11,9 @@ epoch.
 
 from __future__ import annotations
 
-import json
-import time
-
 import pytest
 
-from tests.trainer.helpers import read_jsonl, run_cli, write_config
+from tests.trainer.helpers import read_jsonl, sft_then_eval, write_config
 
 pytestmark = [pytest.mark.trainer, pytest.mark.slow]
 
@@ -37,14 +34,7 @@ def test_sft_learns_which_half_is_white(tmp_path, tiny_model, spatial_data, pack
     cfg = write_config(tmp_path / "cfg.yaml", job_name="where", base_model=tiny_model,
                        dataset=train, log_path=tmp_path / "log", max_seq_len=128, epochs=3,
                        learning_rate=3e-3, warmup_steps=5, num_threads=1, **batching)  # fmt: skip
-    t0 = time.monotonic()
-    out = run_cli("sft", "--config", str(cfg))
-    elapsed = time.monotonic() - t0
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    final = tmp_path / "log" / "checkpoints" / "final"
-    ev = run_cli("eval", "--model", str(final), "--data", str(eval_), "--num-threads", "1")
-    assert ev.returncode == 0, ev.stderr[-3000:]
-    report = json.loads(ev.stdout)
+    elapsed, report = sft_then_eval(cfg, tmp_path / "log", eval_, threads=1)
     steps = [m for m in read_jsonl(tmp_path / "log" / "metrics.jsonl") if m["event"] == "train"]
     print(f"\n{'packed' if packed else 'padded'}: {len(steps)} steps, {elapsed:.1f}s, {report}")
     assert report["records"] == 40

@@ -16,40 +16,20 @@ from vlm_operator.reconcile.job_status import derive_status
 from vlm_operator.reconcile.shape import desired_status
 from vlm_operator.settings import Settings
 
+from tests.unit.manifests import SHAPE, TJ
+
 pytestmark = pytest.mark.unit
 
-SHAPE: dict[str, Any] = {
-    "apiVersion": "vlmtrain.dev/v1alpha1",
-    "kind": "TrainingShape",
-    "metadata": {"name": "big", "uid": "s-1", "generation": 1},
-    "spec": {
-        "baseModel": "Qwen/Qwen3-VL-8B-Instruct",
-        "maxContext": 65536,
-        "gpusPerNode": 4,
-        "nodes": 1,
-        "maxLoraRank": 64,
-        "nodeSelector": {"gpu": "h100"},
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-    },
-    "status": {"version": "abc", "conditions": [{"type": "Ready", "status": "True"}]},
-}
-TJ: dict[str, Any] = {
-    "apiVersion": "vlmtrain.dev/v1alpha1",
-    "kind": "TrainerJob",
-    "metadata": {"name": "run1", "namespace": "team-a", "uid": "tj-1", "generation": 1},
-    "spec": {
-        "shape": "big",
-        "mode": "sft",
-        "dataset": {"uri": "pvc://data/sets/train.jsonl"},
-        "hyperparameters": {"learningRate": 1e-5, "loraRank": 16},
-        "checkpointing": {"everySteps": 10, "storage": "pvc://ckpts"},
-    },
+# The shared shape, placed on labelled, tainted GPU nodes so the pod spec's placement is checked.
+PLACEMENT: dict[str, Any] = {
+    "nodeSelector": {"gpu": "h100"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
 }
 
 
 def shape(**spec: Any) -> dict[str, Any]:
     s = copy.deepcopy(SHAPE)
-    s["spec"].update(spec)
+    s["spec"].update(copy.deepcopy(PLACEMENT), **spec)
     return s
 
 

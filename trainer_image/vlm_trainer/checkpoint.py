@@ -29,7 +29,6 @@ moment. It does nothing unless set.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -37,7 +36,6 @@ import re
 import shutil
 import signal
 import tempfile
-import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -45,11 +43,18 @@ from pathlib import Path
 import torch
 
 from .exit_codes import EXIT_STORAGE_FULL
+from .snapshot_files import (
+    MANIFEST,
+    fsync_tree,
+    full_manifest,
+    manifest_bytes,
+    names_mismatch,
+    rename_into_place,
+    sha256_file,
+)
 
-MANIFEST = "manifest.json"
 STATE_DIR = "trainer_state"
 FINAL = "final"
-FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
 
@@ -121,50 +126,8 @@ def _write_error(root: Path, name: str, e: BaseException, written: int) -> Snaps
     )
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST)
-
-
-def _write_manifest(tmp: Path, manifest: dict, name: str, step: int) -> dict:
-    files = {
-        str(p.relative_to(tmp)): {"sha256": sha256_file(p), "size": p.stat().st_size}
-        for p in _files(tmp)
-    }
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        **manifest,
-        "name": name,
-        "step": step,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": files,
-    }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
-
-
-def _fsync_tree(root: Path) -> None:
-    for p in [*_files(root), root / MANIFEST]:
-        if p.exists():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-    for d in [root, *(p for p in root.rglob("*") if p.is_dir())]:
-        _fsync_dir(d)
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_checkpoint(
@@ -179,8 +142,9 @@ def write_checkpoint(
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
         write_files(tmp)
         fault_point("during_checkpoint", step)
-        manifest = _write_manifest(tmp, manifest, name, step)
-        _fsync_tree(tmp)
+        manifest = full_manifest(tmp, manifest, name=name, step=step)
+        (tmp / MANIFEST).write_bytes(manifest_bytes(manifest))
+        fsync_tree(tmp)
     except Exception as e:
         written = _tree_bytes(tmp)
         _release(e)
@@ -188,15 +152,7 @@ def write_checkpoint(
         if _is_write_error(e):
             raise _write_error(root, name, e, written) from e
         raise
-    final = root / name
-    if final.exists():  # e.g. a re-run that reaches the same step: replace, never merge
-        old = Path(tempfile.mkdtemp(prefix=f".old-{name}-", dir=root))
-        os.rename(final, old / name)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-    _fsync_dir(root)
+    final = rename_into_place(tmp, root, name)
     fault_point("after_checkpoint", step)
     return final, manifest
 
@@ -221,10 +177,8 @@ def verify(path: Path) -> str | None:
     if not isinstance(files, dict) or not files:
         return "manifest lists no files"
     present = {str(p.relative_to(path)) for p in _files(path)}
-    if missing := sorted(set(files) - present):
-        return f"missing files: {', '.join(missing[:5])}"
-    if extra := sorted(present - set(files)):
-        return f"files not in the manifest: {', '.join(extra[:5])}"
+    if mismatch := names_mismatch(files, present):
+        return mismatch
     for rel, meta in files.items():
         p = path / rel
         if p.stat().st_size != meta.get("size"):

@@ -30,6 +30,8 @@ few hundred rows to run at speed (``memory_model.py`` counts this chunk).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 CHUNK_ELEMENTS = 2**22
@@ -54,6 +56,16 @@ def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, scale: float) -> torch.
     return logits.mul_(scale) if scale != 1.0 else logits
 
 
+def _chunked_logits(
+    h: torch.Tensor, weight: torch.Tensor, scale: float, chunk: int
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Each chunk of ``h``'s rows, as a slice, with its float32 logits. The logits are yielded,
+    never kept here, so only the caller's current chunk is alive: O(chunk x vocab) memory."""
+    for s in range(0, h.shape[0], chunk):
+        part = slice(s, s + chunk)
+        yield part, _chunk_logits(h[part], weight, scale)
+
+
 class ChunkedLogprobs(torch.autograd.Function):
     """``log_softmax(h @ W.T * scale)[i, targets[i]]`` for ``h`` ``(N, H)``, float32 ``(N,)``.
 
@@ -64,10 +76,9 @@ class ChunkedLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets, scale: float, chunk: int):
         out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
-        for s in range(0, h.shape[0], chunk):
-            logits = _chunk_logits(h[s : s + chunk], weight, scale)
-            picked = logits.gather(-1, targets[s : s + chunk].unsqueeze(-1)).squeeze(-1)
-            out[s : s + chunk] = picked - torch.logsumexp(logits, dim=-1)
+        for part, logits in _chunked_logits(h, weight, scale, chunk):
+            picked = logits.gather(-1, targets[part].unsqueeze(-1)).squeeze(-1)
+            out[part] = picked - torch.logsumexp(logits, dim=-1)
         ctx.save_for_backward(h, weight, targets)
         ctx.scale, ctx.chunk = scale, chunk
         return out
@@ -78,18 +89,17 @@ class ChunkedLogprobs(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(h) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        for s in range(0, h.shape[0], ctx.chunk):
-            hc, g = h[s : s + ctx.chunk], grad_out[s : s + ctx.chunk].float()
-            logits = _chunk_logits(hc, weight, ctx.scale)
+        for part, logits in _chunked_logits(h, weight, ctx.scale, ctx.chunk):
+            hc, g = h[part], grad_out[part].float()
             probs = logits.sub_(torch.logsumexp(logits, -1, keepdim=True)).exp_()  # in place
             # dlogits = g * (onehot(target) - softmax), times d logits / d (h @ W.T) = scale.
             dlogits = probs.mul_(-g.unsqueeze(-1))
-            dlogits.scatter_add_(-1, targets[s : s + ctx.chunk].unsqueeze(-1), g.unsqueeze(-1))
+            dlogits.scatter_add_(-1, targets[part].unsqueeze(-1), g.unsqueeze(-1))
             if ctx.scale != 1.0:
                 dlogits.mul_(ctx.scale)
             dlogits = dlogits.to(weight.dtype)
             if need_h:
-                grad_h[s : s + ctx.chunk] = dlogits @ weight
+                grad_h[part] = dlogits @ weight
             if need_w:
                 grad_w += (dlogits.T @ hc).float()
         return grad_h, grad_w.to(weight.dtype) if need_w else None, None, None, None
@@ -183,7 +193,6 @@ def weighted_token_accuracy(
     chunk = chunk or auto_chunk(weight.shape[0], hidden.device)
     h, targets = hidden[rows, cols], input_ids[rows, cols + 1]
     correct = 0
-    for s in range(0, h.shape[0], chunk):
-        pred = _chunk_logits(h[s : s + chunk], weight, 1.0).argmax(-1)
-        correct += int((pred == targets[s : s + chunk]).sum())
+    for part, logits in _chunked_logits(h, weight, 1.0, chunk):
+        correct += int((logits.argmax(-1) == targets[part]).sum())
     return correct, int(h.shape[0])

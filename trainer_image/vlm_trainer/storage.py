@@ -37,13 +37,11 @@ seeks into the returned stream).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,10 +51,17 @@ from typing import IO, Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+from .snapshot_files import (
+    MANIFEST,
+    fsync_tree,
+    full_manifest,
+    manifest_bytes,
+    names_mismatch,
+    rename_into_place,
+    sha256_stream,
+)
+
 BLOCK_SIZE = 8 << 20  # bytes fetched per read from an object store: bounds streaming memory
-_HASH_CHUNK = 1 << 20
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,13 +216,6 @@ def _write_local_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def sha256_stream(f: IO[bytes]) -> str:
-    h = hashlib.sha256()
-    while block := f.read(_HASH_CHUNK):
-        h.update(block)
-    return h.hexdigest()
-
-
 def _files(fs: fsspec.AbstractFileSystem, prefix: str) -> dict[str, int]:
     """``{relative path: size}`` of every object under ``prefix`` (empty if there is none)."""
     if not fs.exists(prefix):
@@ -274,32 +272,6 @@ class Snapshot:
     manifest: dict
 
 
-def _local_files(root: Path) -> dict[str, dict]:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            with open(p, "rb") as f:
-                out[str(p.relative_to(root))] = {
-                    "sha256": sha256_stream(f),
-                    "size": p.stat().st_size,
-                }
-    return out
-
-
-def _full_manifest(name: str, staged: Path, manifest: dict) -> dict:
-    return {
-        "format_version": FORMAT_VERSION,
-        **manifest,
-        "name": name,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": _local_files(staged),
-    }
-
-
-def _manifest_bytes(manifest: dict) -> bytes:
-    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-
-
 def write_snapshot(
     root: str | os.PathLike,
     name: str,
@@ -322,14 +294,14 @@ def write_snapshot(
     staged = Path(tempfile.mkdtemp(prefix=f"vlm-snapshot-{name}-", dir=staging_dir))
     try:
         write_files(staged)
-        full = _full_manifest(name, staged, manifest)
+        full = full_manifest(staged, manifest, name=name)
         target = join(root, name)
         with _errors(target):
             _delete_remote(fs, f"{root_path.rstrip('/')}/{name}")  # never merge with an old one
         upload_dir(staged, target)
         if before_commit:
             before_commit()
-        write_bytes(join(target, MANIFEST), _manifest_bytes(full))
+        write_bytes(join(target, MANIFEST), manifest_bytes(full))
         return Snapshot(name, target, full)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
@@ -347,30 +319,12 @@ def _write_local_snapshot(
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
     write_files(tmp)
-    full = _full_manifest(name, tmp, manifest)
+    full = full_manifest(tmp, manifest, name=name)
     if before_commit:
         before_commit()
-    _write_local_atomic(tmp / MANIFEST, _manifest_bytes(full))
-    for p in [*tmp.rglob("*"), tmp]:
-        _fsync(p)
-    final = root / name
-    if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".old-{name}-", dir=root))
-        os.rename(final, old / name)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-    _fsync(root)
-    return Snapshot(name, str(final), full)
-
-
-def _fsync(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_local_atomic(tmp / MANIFEST, manifest_bytes(full))
+    fsync_tree(tmp)
+    return Snapshot(name, str(rename_into_place(tmp, root, name)), full)
 
 
 def read_manifest(uri: str | os.PathLike) -> dict | None:
@@ -398,10 +352,8 @@ def verify_snapshot(uri: str | os.PathLike, deep: bool = False) -> str | None:
     with _errors(os.fspath(uri)):
         fs.invalidate_cache(path)
         present = {k: v for k, v in _files(fs, path).items() if k != MANIFEST}
-    if missing := sorted(set(listed) - set(present)):
-        return f"missing files: {', '.join(missing[:5])}"
-    if extra := sorted(set(present) - set(listed)):
-        return f"files not in the manifest: {', '.join(extra[:5])}"
+    if mismatch := names_mismatch(listed, set(present)):
+        return mismatch
     for rel, meta in sorted(listed.items()):
         if present[rel] != meta.get("size"):
             return f"{rel}: size {present[rel]} != {meta.get('size')}"

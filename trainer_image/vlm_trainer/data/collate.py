@@ -38,6 +38,12 @@ def collate(
         "mm_token_type_ids": (input_ids == image_token_id).long() * attention,
         "weights": weights,
     }
+    return add_images(batch, samples)
+
+
+def add_images(batch: dict, samples: list[Rendered]) -> dict:
+    """``batch`` with ``pixel_values`` and ``image_grid_thw`` of every sample that has images,
+    concatenated in sample order (the order the model consumes them); unchanged if none has."""
     with_images = [s for s in samples if s.pixel_values is not None]
     if with_images:
         batch["pixel_values"] = torch.cat([s.pixel_values for s in with_images])

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from .collate import add_images
 from .render import Rendered
 
 
@@ -54,11 +55,7 @@ def pack(samples: list[Rendered], image_token_id: int) -> dict:
         "weights": weights,
         "seq_lens": seq_lens,
     }
-    with_images = [s for s in samples if s.pixel_values is not None]
-    if with_images:
-        batch["pixel_values"] = torch.cat([s.pixel_values for s in with_images])
-        batch["image_grid_thw"] = torch.cat([s.image_grid_thw for s in with_images])
-    return batch
+    return add_images(batch, samples)
 
 
 def find_rope_index(model) -> Callable:
