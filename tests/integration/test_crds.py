@@ -177,7 +177,9 @@ def test_updates(crds, namespace: str) -> None:
     }
     _patch(crds, namespace, target, ok, check=True)
     spec = kubectl_json(crds, "get", "-n", namespace, target)["spec"]
-    assert spec["suspend"] is True and spec["promote"] == {"outputModel": "upd-model"}
+    # The apiserver fills promote's defaults (select final, metric eval_loss, mode min).
+    assert spec["suspend"] is True and spec["promote"]["outputModel"] == "upd-model"
+    assert spec["promote"]["select"] == "final"
     # promote is set once: changing or removing it is refused.
     for bad in ({"spec": {"promote": {"outputModel": "other"}}}, {"spec": {"promote": None}}):
         p = _patch(crds, namespace, target, bad)
