@@ -147,6 +147,20 @@ def test_best_ignores_failed_foreign_and_metricless_checkpoints() -> None:
     assert none["checkpoint"] == "fin" and "no verified checkpoint" in none["reason"]
 
 
+def test_best_neither_waits_for_nor_chooses_a_pruned_checkpoint() -> None:
+    """keepLast may prune a snapshot before it is verified: it never will be, so waiting for
+    it would never end; its files are gone, so it cannot be chosen either."""
+    marked = ckpt("s5", 5, ev={"eval_loss": 0.1}, verified=None)
+    marked["metadata"]["annotations"] = {"vlmtrain.dev/pruned": "2026-12-01T00:00:00Z"}
+    pruned = ckpt("s10", 10, ev={"eval_loss": 0.2})
+    pruned["status"]["phase"] = "Pruned"
+    cks = [marked, pruned, ckpt("s15", 15, ev={"eval_loss": 0.5}),
+           ckpt("fin", 20, ev={"eval_loss": 0.9}, final=True)]  # fmt: skip
+    chosen = best.choose(_best_job(), cks)
+    assert chosen is not None and chosen["checkpoint"] == "s15"
+    assert "2 verified" in chosen["reason"]
+
+
 def test_eval_status_from_the_verify_result() -> None:
     metrics = {"eval_loss": 0.5, "eval_exact_match": 1}
     info = {"sizeBytes": 1, "eval": {"step": 5, "headline": "eval_loss", "mode": "min",

@@ -2,17 +2,21 @@
 verified manifest) and the choice among a succeeded job's Checkpoints.
 
 The choice waits until every Checkpoint of the job is verified or failed (a snapshot still
-being verified could be the best). Among the verified ones with the metric in ``status.eval``
-the best value wins, ties to the earlier step; when none has the metric, the final checkpoint
-is promoted and the reason says so. Ownership: a Checkpoint counts when its ``spec.trainerJob``
-names the job and, where it carries owner references, one of them has the job's UID (a
-Checkpoint of an older job of the same name does not). Pure.
+being verified could be the best); one that keepLast pruned is left out. Among the verified
+ones with the metric in ``status.eval`` the best value wins, ties to the earlier step; when
+none has the metric, the final checkpoint is promoted and the reason says so. Ownership: a
+Checkpoint counts when its ``spec.trainerJob`` names the job and, where it carries owner
+references, one of them has the job's UID (a Checkpoint of an older job of the same name does
+not). Pure.
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+from vlm_operator.api import CheckpointPhase
+from vlm_operator.builders.labels import PRUNED_ANNOTATION
 
 
 def eval_status(verify_info: dict[str, Any]) -> dict[str, Any]:
@@ -44,12 +48,19 @@ def owned_by(ck: dict[str, Any], tj: dict[str, Any]) -> bool:
     return not refs or not uid or any(r.get("uid") == uid for r in refs)
 
 
+def _pruned(ck: dict[str, Any]) -> bool:
+    marked = PRUNED_ANNOTATION in (ck["metadata"].get("annotations") or {})
+    return marked or (ck.get("status") or {}).get("phase") == CheckpointPhase.PRUNED
+
+
 def choose(tj: dict[str, Any], checkpoints: list[dict[str, Any]]) -> dict[str, Any] | None:
     """``status.selectedCheckpoint`` for a succeeded job with ``promote.select: best``, or None
     while some of its Checkpoints are still being verified (or none exists yet)."""
     promote = tj["spec"]["promote"]
     metric, mode = promote.get("metric", "eval_loss"), promote.get("mode", "min")
-    mine = [c for c in checkpoints if owned_by(c, tj)]
+    # A snapshot keepLast pruned has no files: it is neither waited for (it may never be
+    # verified) nor chosen. The trainer keeps the best one so far, so no pruned one is best.
+    mine = [c for c in checkpoints if owned_by(c, tj) and not _pruned(c)]
     if not mine or any((c.get("status") or {}).get("verified") is None for c in mine):
         return None
     best: tuple[float, int, dict[str, Any]] | None = None
