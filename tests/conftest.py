@@ -39,8 +39,20 @@ def cluster() -> Iterator[LocalCluster]:
 
 @pytest.fixture
 def namespace(cluster: LocalCluster) -> Iterator[str]:
-    """A fresh namespace for one test, deleted (without waiting) afterwards."""
-    name = f"t-{secrets.token_hex(4)}"
+    """A fresh namespace for one test (`t-*`: the test operator watches these), deleted (without
+    waiting) afterwards."""
+    yield from fresh_namespace(cluster, "t-")
+
+
+@pytest.fixture
+def quiet_namespace(cluster: LocalCluster) -> Iterator[str]:
+    """A fresh namespace that no operator watches: for tests that write status by hand while
+    the session's operator (started by an earlier module) may be running."""
+    yield from fresh_namespace(cluster, "q-")
+
+
+def fresh_namespace(cluster: LocalCluster, prefix: str) -> Iterator[str]:
+    name = f"{prefix}{secrets.token_hex(4)}"
     cluster.kubectl("create", "namespace", name)
     # Pods are refused until the ServiceAccount controller has made `default`.
     deadline = time.monotonic() + 30

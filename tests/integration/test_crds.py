@@ -48,6 +48,13 @@ def crds(cluster):
     return cluster
 
 
+@pytest.fixture
+def namespace(quiet_namespace: str) -> str:
+    """These tests write TrainerJob status by hand: no operator may reconcile their objects
+    (the session's operator, started by an earlier module, watches only `t-*`)."""
+    return quiet_namespace
+
+
 def kubectl_json(cluster, *args: str) -> dict[str, Any]:
     return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
 
