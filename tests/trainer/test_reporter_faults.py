@@ -5,15 +5,15 @@ is the real ``kubernetes`` client; only the server is a stand-in for the API ser
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tests.trainer.helpers import free_port
+from tests.trainer.json_http import JsonHandler
 
 pytestmark = pytest.mark.unit
 
@@ -41,20 +41,12 @@ class FakeApi(ThreadingHTTPServer):
         return [b["status"] for m, _, b in self.requests if m == "PATCH"]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
+class _Handler(JsonHandler):
     def _answer(self, code: int) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        body = self.read_json()
         self.server.release.wait(60)
         self.server.requests.append((self.command, self.path, body))
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(code, body)
 
     def do_PATCH(self) -> None:
         self._answer(200)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tests.trainer.helpers import free_port
+from tests.trainer.json_http import JsonHandler
 
 pytestmark = pytest.mark.unit
 
@@ -48,17 +49,8 @@ class CheckpointServer(ThreadingHTTPServer):
         meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-    def _send(self, code: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+class _Handler(JsonHandler):
+    _send = JsonHandler.send_json
 
     def do_GET(self) -> None:
         srv: CheckpointServer = self.server
