@@ -44,6 +44,7 @@ from vlm_operator.api.common import (
     ObjectName,
 )
 from vlm_operator.api.conditions import Conditions
+from vlm_operator.api.data_limits import DataLimits, limit_violations
 from vlm_operator.api.pod import PodOverrides
 from vlm_operator.api.policy import policy_violations
 from vlm_operator.api.shape import TrainingShapeSpec
@@ -570,6 +571,12 @@ class TrainerJobSpec(ApiModel):
         None,
         description="Environment, volumes and placement added to the trainer pods. Immutable.",
     )
+    data_limits: Annotated[DataLimits | None, Immutable("dataLimits")] = Field(
+        None,
+        description="Per-line limits of the datasets (line bytes, images and pixels per "
+        "record), within the TrainingShape's dataLimits (else the trainer's defaults). "
+        "Immutable.",
+    )
 
     @model_validator(mode="after")
     def _mode_settings(self) -> TrainerJobSpec:
@@ -787,4 +794,5 @@ def shape_violations(spec: TrainerJobSpec, shape: TrainingShapeSpec, shape_name:
             f"spec.hyperparameters.maxSeqLen: {hp.max_seq_len} exceeds TrainingShape "
             f"{shape_name}'s maxContext {shape.max_context}"
         )
+    problems += limit_violations(spec.data_limits, shape.data_limits, shape_name)
     return problems + policy_violations(spec.pod_overrides, shape.pod_policy, shape_name)

@@ -39,6 +39,7 @@ from vlm_operator.api.common import (
     Tolerations,
 )
 from vlm_operator.api.conditions import Conditions
+from vlm_operator.api.data_limits import DataLimits
 from vlm_operator.api.policy import PodPolicy
 
 
@@ -198,6 +199,11 @@ class TrainingShapeSpec(ApiModel):
         json_schema_extra={"default": ["sft", "dpo", "rl"]},
     )
 
+    data_limits: DataLimits | None = Field(
+        None,
+        description="The most a job's dataLimits may allow per JSONL line (bytes, images and "
+        "pixels per record); unset fields: the trainer's defaults are the maxima.",
+    )
     pod_policy: PodPolicy | None = Field(
         None,
         description="What a job may put into its trainer pods through podOverrides (volume "

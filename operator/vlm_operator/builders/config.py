@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlm_operator.api import TrainerJob, TrainingShape
+from vlm_operator.api.data_limits import effective_limits
 from vlm_operator.builders.storage import StorageMounts, join_uri
 
 CONFIG_KEY = "config.yaml"
@@ -90,6 +91,8 @@ def trainer_config(
         cfg |= {"keep_best_metric": spec.promote.metric, "keep_best_mode": str(spec.promote.mode)}
     if hp.tokens_per_batch is not None:
         cfg["tokens_per_batch"] = hp.tokens_per_batch
+    # Per-line data limits: the job's, else its shape's (admission checked the bounds).
+    cfg |= effective_limits(spec.data_limits, sh.data_limits)
     if hp.dpo is not None:
         cfg |= {
             "beta": hp.dpo.beta,
