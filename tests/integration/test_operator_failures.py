@@ -49,8 +49,15 @@ def test_unknown_shape_then_recovery(
             timeout=30,
         )
         assert job["spec"]["suspend"] is True
-        tj = get(cluster, "tj", "orphan", "-n", demo_ns)
-        assert condition(tj, "Admitted")["status"] == "True" and tj["status"]["shapeVersion"]
+
+        def admitted() -> dict | None:
+            # The Job is created before the status that records it is written: wait for both.
+            tj = get(cluster, "tj", "orphan", "-n", demo_ns)
+            c = condition(tj, "Admitted")
+            return tj if c and c["status"] == "True" else None
+
+        tj = wait_for("Admitted=True", admitted, timeout=30)
+        assert tj["status"]["shapeVersion"]
     finally:
         cluster.kubectl("delete", "ts", shape_name, "--wait=false")
 
